@@ -1,0 +1,367 @@
+r"""An integer-only inference engine (full quantization, section 9.3.1): int8 in, int32 sums, int8 out.
+
+Take one layer a = sum_i w_i x_i + b. With r = s (q - z) for weights (s_w, z_w), input (s_x, z_x) and
+output (s_y, z_y), and the bias stored as q_b = round(b / (s_w s_x)) in int32 (z_b = 0):
+
+    acc = sum_i (q_w,i - z_w)(q_x,i - z_x) + q_b                      (exact, int32)
+    q_y = clip(z_y + M * acc, q_min, q_max),     M = s_w s_x / s_y      (one real number per layer/channel)
+
+M is never used as a float: it is written M ~ M0 * 2^-n with an integer 2^30 <= M0 < 2^31 (see
+:func:`requant_multiplier`), so  M * acc = (acc * M0 + 2^(n-1)) >> n  uses only integer multiply, add
+and shift. A ReLU that follows the layer is *fused*: it is just the clamp to [z_y, q_max] (q = z_y is
+r = 0). MaxPool and Flatten move integers without changing (s, z); AvgPool adds and divides integers.
+
+Exactness. The sums are computed by torch's float conv/matmul on integer-valued tensors (torch has no
+integer convolution on the CPU). A float adds integers exactly while every partial sum stays below
+2^mantissa: float64 holds every integer below 2^53, float32 every integer below 2^24. Since each partial
+sum is at most K * max|q_x - z_x| * max|q_w - z_w| (K terms), we use float32 when that bound is below
+2^24 (e.g. a 3x3x16 conv at 8 bits: 144 * 255 * 127 < 2^23) and float64 otherwise; either way the result
+is the exact integer an int32 accumulator would hold (overflow is checked), in any summation order --
+provided the float kernel only multiplies and adds the given numbers (direct or GEMM convolution, as
+torch's CPU kernels do; a Winograd/FFT algorithm would not be exact). tests/test_engine.py checks the
+float32 path against the float64 path at the largest magnitudes.
+
+Real kernels (fbgemm, qnnpack) expand (q_w - z_w)(q_x - z_x) into four terms to keep the inner loop at
+int8 x int8; we subtract the zero points first, which is the same integer and reads like the formula.
+They also requantize with a float32 M and round half to even, so they may differ from this engine by 1
+on a few elements (tests: >= 99.9 % identical, never more than 1 apart).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "requant_multiplier",
+    "requantize",
+    "quantize_bias",
+    "int_conv2d",
+    "int_linear",
+    "IntConv2d",
+    "IntLinear",
+    "IntReLU",
+    "IntMaxPool2d",
+    "IntAvgPool2d",
+    "IntFlatten",
+    "IntModel",
+    "run_int",
+]
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# The fixed-point multiplier and requantization
+# ---------------------------------------------------------------------------------------------------
+
+
+def requant_multiplier(M: float) -> tuple[int, int]:
+    r"""Write a real multiplier 0 < M < 1 as M ~ M0 * 2^-n with integers 2^30 <= M0 < 2^31, n >= 0.
+
+    n is the largest shift for which M0 = round(M * 2^n) still fits in [2^30, 2^31); the relative error
+    |M0 2^-n - M| / M is at most 2^-31. (CONTRIBUTING.md, "Fixed-point requantization multiplier".)
+
+    Raises ValueError for M <= 0, M >= 1 or a non-finite M.
+
+    >>> requant_multiplier(0.5)
+    (1073741824, 31)
+    """
+    M = float(M)
+    if not math.isfinite(M) or not 0.0 < M < 1.0:
+        raise ValueError(
+            f"M={M!r} must satisfy 0 < M < 1 (M = s_w * s_x / s_y); a larger M means the output scale s_y "
+            "is finer than one step of the accumulator -- widen the output range."
+        )
+    mantissa, exponent = math.frexp(M)  # M = mantissa * 2^exponent, 0.5 <= mantissa < 1, exponent <= 0
+    n = 31 - exponent  # M * 2^n = mantissa * 2^31 in [2^30, 2^31)
+    M0 = round(M * 2**n)  # Python round: half to even, exact on doubles
+    if M0 == 2**31:  # rounding pushed it out of range: one shift less
+        n -= 1
+        M0 = round(M * 2**n)
+    return int(M0), int(n)
+
+
+def requantize(acc, M0, n, z_y, q_min: int, q_max: int) -> torch.Tensor:
+    r"""q_y = clip(z_y + ((acc * M0 + 2^(n-1)) >> n), q_min, q_max): integer-only M * acc (round half up).
+
+    Shapes: acc is an int64 tensor (values within int32), channels on dim 1 ((N, C) or (N, C, H, W));
+    M0 and n are Python ints (per tensor) or int64 tensors of shape (C,) (per channel). ``>>`` on a
+    negative int64 is an arithmetic shift (floor), so adding 2^(n-1) first rounds to nearest, ties up.
+    acc * M0 < 2^31 * 2^31 = 2^62 fits int64. Returns int64 values in [q_min, q_max].
+
+    >>> requantize(torch.tensor([[100, -100, 3]]), *requant_multiplier(0.5), 0, -128, 127)
+    tensor([[ 50, -50,   2]])
+    """
+    acc = torch.as_tensor(acc).to(torch.int64)
+    M0 = torch.as_tensor(M0, dtype=torch.int64)
+    n = torch.as_tensor(n, dtype=torch.int64)
+    if M0.ndim == 1:  # per channel: broadcast along dim 1
+        shape = [1, -1] + [1] * (acc.ndim - 2)
+        M0, n = M0.view(shape), n.view(shape)
+    y = acc * M0
+    if bool((n >= 63).any()):  # M < 2^-32: |acc * M0| < 2^62 always rounds to 0; keep shifts in range
+        y = torch.where(n >= 63, torch.zeros_like(y), y)
+        n = torch.clamp(n, max=62)
+    y += torch.ones_like(n) << (n - 1)  # + 2^(n-1): round half up
+    y >>= n
+    y += int(z_y)
+    return y.clamp_(q_min, q_max)
+
+
+def quantize_bias(b, s_w, s_x) -> torch.Tensor:
+    r"""q_b = round(b / (s_w * s_x)) as int32, zero point 0: the bias on the accumulator's own scale.
+
+    Shapes: b (C,) float; s_w a number or (C,) (per channel); s_x a number. Returns int32 (C,).
+    Raises OverflowError if a value does not fit in int32 (scales far too small for this bias).
+
+    >>> quantize_bias(torch.tensor([0.5, -0.25]), 0.01, 0.1)
+    tensor([ 500, -250], dtype=torch.int32)
+    """
+    b = torch.as_tensor(b, dtype=torch.float64)
+    scale = torch.as_tensor(s_w, dtype=torch.float64) * float(s_x)
+    q_b = torch.round(b / scale)
+    if bool((q_b.abs() > INT32_MAX).any()):
+        raise OverflowError("bias does not fit in int32 at scale s_w * s_x; check the scales.")
+    return q_b.to(torch.int32)
+
+
+def _exact_dtype(x: torch.Tensor, w: torch.Tensor, K: int) -> torch.dtype:
+    """float32 if every partial sum of K products is provably below 2^24 (exact), else float64."""
+    bound = K * float(x.abs().max()) * float(w.abs().max()) if x.numel() and w.numel() else 0.0
+    return torch.float32 if bound < 2**24 else torch.float64
+
+
+def _check_acc(acc: torch.Tensor, where: str) -> torch.Tensor:
+    if acc.numel():
+        lo, hi = torch.aminmax(acc)
+        if int(hi) > INT32_MAX or int(lo) < INT32_MIN:
+            raise OverflowError(f"{where}: the accumulator overflows int32 ({int(lo)}..{int(hi)}).")
+    return acc
+
+
+# ---------------------------------------------------------------------------------------------------
+# Exact integer sums
+# ---------------------------------------------------------------------------------------------------
+
+
+def int_conv2d(q_x, z_x, q_w, z_w, q_b=None, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
+    r"""acc[n, c] = sum_{k, i, j} (q_w[c, k, i, j] - z_w[c]) (q_x[n, k, .+i, .+j] - z_x) + q_b[c], exactly.
+
+    Shapes: q_x (N, C_in, H, W) integers; q_w (C_out, C_in/groups, kh, kw) integers; z_x an int; z_w an
+    int or (C_out,); q_b (C_out,) int32 or None. Zero padding pads (q_x - z_x) with 0, i.e. with r = 0.
+    Returns the int64 accumulator (N, C_out, H', W') (values within int32; OverflowError otherwise).
+
+    >>> acc = int_conv2d(torch.ones(1, 1, 3, 3, dtype=torch.int64), 0, torch.ones(2, 1, 3, 3), 0)
+    """
+    x = torch.as_tensor(q_x).to(torch.int64) - int(z_x)
+    w = torch.as_tensor(q_w).to(torch.int64) - torch.as_tensor(z_w, dtype=torch.int64).reshape(-1, 1, 1, 1)
+    dt = _exact_dtype(x, w, w[0].numel())
+    acc = F.conv2d(x.to(dt), w.to(dt), None, stride, padding, dilation, groups)  # exact (module docstring)
+    acc = acc.round_().to(torch.int64)
+    if q_b is not None:
+        acc += torch.as_tensor(q_b).to(torch.int64).view(1, -1, 1, 1)
+    return _check_acc(acc, "int_conv2d")
+
+
+def int_linear(q_x, z_x, q_w, z_w, q_b=None) -> torch.Tensor:
+    r"""acc[n, c] = sum_k (q_w[c, k] - z_w[c]) (q_x[n, k] - z_x) + q_b[c], exactly (see int_conv2d).
+
+    Shapes: q_x (N, K), q_w (C, K) integers; z_w int or (C,); q_b (C,) or None. Returns int64 (N, C).
+
+    >>> int_linear(torch.tensor([[1, 2]]), 0, torch.tensor([[3, 4]]), 0, torch.tensor([5]))
+    tensor([[16]])
+    """
+    x = torch.as_tensor(q_x).to(torch.int64) - int(z_x)
+    w = torch.as_tensor(q_w).to(torch.int64) - torch.as_tensor(z_w, dtype=torch.int64).reshape(-1, 1)
+    dt = _exact_dtype(x, w, w.shape[1])
+    acc = torch.round(x.to(dt) @ w.to(dt).T).to(torch.int64)  # exact (module docstring)
+    if q_b is not None:
+        acc = acc + torch.as_tensor(q_b).to(torch.int64).view(1, -1)
+    return _check_acc(acc, "int_linear")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Integer layers: each maps an integer tensor to an integer tensor; (s, z) travel alongside
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _IntMatmulLayer:
+    """Shared state of IntConv2d / IntLinear (weights, bias, multiplier, output grid)."""
+
+    name: str
+    q_w: torch.Tensor  # int8 (C_out, ...) -- or int16 for weights above 8 bits
+    s_w: torch.Tensor  # float32 (C_out,) -- the same value repeated for per-tensor weights
+    z_w: torch.Tensor  # int64 (C_out,)
+    q_b: torch.Tensor | None  # int32 (C_out,) on scale s_w * s_x
+    s_x: float
+    z_x: int
+    s_y: float
+    z_y: int
+    q_min: int
+    q_max: int
+    relu: bool = False  # fused ReLU: clamp to [z_y, q_max]
+    M0: torch.Tensor = field(init=False)
+    n: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        M = self.s_w.double() * self.s_x / self.s_y
+        pairs = [requant_multiplier(float(m)) for m in M]
+        self.M0 = torch.tensor([p[0] for p in pairs], dtype=torch.int64)
+        self.n = torch.tensor([p[1] for p in pairs], dtype=torch.int64)
+
+    @property
+    def clamp_range(self) -> tuple[int, int]:
+        return (max(self.z_y, self.q_min) if self.relu else self.q_min), self.q_max
+
+    def accumulate(self, q_x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, q_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (int32 accumulator as int64, requantized output q_y as int64)."""
+        acc = self.accumulate(q_x)
+        return acc, requantize(acc, self.M0, self.n, self.z_y, *self.clamp_range)
+
+    def __call__(self, q_x):
+        return self.forward(q_x)[1]
+
+
+@dataclass
+class IntConv2d(_IntMatmulLayer):
+    """Integer Conv2d: q_y = clip(z_y + M (sum (q_w - z_w)(q_x - z_x) + q_b)); M per output channel."""
+
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+
+    def accumulate(self, q_x):
+        return int_conv2d(q_x, self.z_x, self.q_w, self.z_w, self.q_b, self.stride, self.padding,
+                          self.dilation, self.groups)
+
+
+@dataclass
+class IntLinear(_IntMatmulLayer):
+    """Integer Linear: q_y = clip(z_y + M (sum_k (q_w - z_w)(q_x - z_x) + q_b)); M per output channel."""
+
+    def accumulate(self, q_x):
+        return int_linear(q_x, self.z_x, self.q_w, self.z_w, self.q_b)
+
+
+@dataclass
+class IntReLU:
+    """A ReLU that could not be fused: q_y = max(q_x, z) (q = z is r = 0); (s, z) unchanged."""
+
+    name: str
+    z: int
+
+    def __call__(self, q_x):
+        return torch.clamp(q_x, min=self.z)
+
+
+@dataclass
+class IntMaxPool2d:
+    """Max pooling on integers: max commutes with r = s (q - z) for s > 0, so (s, z) are unchanged."""
+
+    name: str
+    kernel_size: tuple
+    stride: tuple
+    padding: tuple = (0, 0)
+    z: int = 0
+
+    def __call__(self, q_x):
+        # float32 holds every integer below 2^24 exactly; padded cells are -inf and never win.
+        return F.max_pool2d(q_x.to(torch.float32), self.kernel_size, self.stride, self.padding).to(torch.int64)
+
+
+@dataclass
+class IntAvgPool2d:
+    """Average pooling on integers: q_y = z + floor((sum (q_x - z) + k/2) / k) (round half up); (s, z) kept."""
+
+    name: str
+    kernel_size: tuple
+    stride: tuple
+    z: int = 0
+
+    def __call__(self, q_x):
+        k = self.kernel_size[0] * self.kernel_size[1]
+        x = q_x.to(torch.float64) - self.z
+        sums = torch.round(F.avg_pool2d(x, self.kernel_size, self.stride, divisor_override=1)).to(torch.int64)
+        return self.z + torch.div(2 * sums + k, 2 * k, rounding_mode="floor")
+
+
+@dataclass
+class IntFlatten:
+    """Flatten (N, C, H, W) -> (N, C*H*W): integers and (s, z) unchanged."""
+
+    name: str
+    start_dim: int = 1
+
+    def __call__(self, q_x):
+        return torch.flatten(q_x, self.start_dim)
+
+
+@dataclass
+class IntModel:
+    """A fully quantized chain of integer layers, with the input grid and the output (logit) grid.
+
+    input_qparams / output_qparams: (s, z, q_min, q_max). Built by :func:`quantlab.ptq.convert`.
+    """
+
+    layers: list
+    input_qparams: tuple
+    output_qparams: tuple
+    weight_bits: int = 8
+    act_bits: int = 8
+    granularity: object = None
+
+    def size_bytes(self) -> int:
+        """Bytes of what the engine stores: int8 weights, int32 biases, (s_w, z_w, M0, n) per channel."""
+        total = 0
+        for layer in self.layers:
+            if isinstance(layer, _IntMatmulLayer):
+                for t in (layer.q_w, layer.s_w, layer.z_w, layer.q_b, layer.M0, layer.n):
+                    if t is not None:
+                        total += t.numel() * t.element_size()
+        return total
+
+    def __call__(self, x):
+        return run_int(self, x)
+
+
+def _quantize_input(x, s, z, q_min, q_max) -> torch.Tensor:
+    x = torch.as_tensor(x, dtype=torch.float32)
+    return torch.clamp(torch.round(x / s + z), q_min, q_max).to(torch.int64)
+
+
+def run_int(qmodel: IntModel, x_float, intermediates: bool = False):
+    r"""Integer-only inference: quantize the input once, run integer layers, dequantize only the logits.
+
+    q_x = clip(round(x / s_x + z_x), q_min, q_max);  every layer maps integers to integers;
+    logits = s_y (q_y - z_y) for the last layer.
+
+    Shapes: x_float (N, 1, 28, 28) float32 for the lab's CNN. Returns float32 logits (N, 10); with
+    ``intermediates=True`` returns (logits, records) where records is a list of dicts
+    {"name", "kind", "q_in", "acc" (int32 accumulator or None), "q_out"}, one per layer.
+
+    >>> logits = run_int(convert(model, act_params), x)             # doctest: +SKIP
+    """
+    s, z, q_min, q_max = qmodel.input_qparams
+    q = _quantize_input(x_float, s, z, q_min, q_max)
+    records = []
+    for layer in qmodel.layers:
+        if isinstance(layer, _IntMatmulLayer):
+            acc, q_out = layer.forward(q)
+        else:
+            acc, q_out = None, layer(q)
+        if intermediates:
+            records.append({"name": layer.name, "kind": type(layer).__name__, "q_in": q, "acc": acc,
+                            "q_out": q_out})
+        q = q_out
+    s_y, z_y = qmodel.output_qparams[:2]
+    logits = (s_y * (q.to(torch.float32) - z_y)).to(torch.float32)
+    return (logits, records) if intermediates else logits

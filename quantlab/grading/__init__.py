@@ -1,0 +1,48 @@
+r"""Exercise checks with diagnostic hints: ``check(fn)`` in notebooks, ``python -m quantlab.grade`` in bulk.
+
+In a lab, right after an exercise cell::
+
+    from quantlab.grading import check
+    check(quantize)          # prints ✔/✘ per case, the first failure with a hint; returns a CheckResult
+
+Registered exercises (id = function name): lab 01 ``quantize``, ``dequantize``, ``asymmetric_params``,
+``symmetric_params``; lab 02 ``per_channel_minmax``, ``per_channel_scale``; lab 05 ``kl_divergence``,
+``quantize_histogram``, ``requant_multiplier``.
+"""
+
+from . import checks_calibration, checks_engine, checks_granularity, checks_linear  # noqa: F401 - registers
+from .core import (
+    DEFAULT_TIMEOUT,
+    REGISTRY,
+    STATUSES,
+    Case,
+    CaseResult,
+    CheckResult,
+    Diagnosis,
+    Exercise,
+    check,
+    format_report,
+    get_exercise,
+    register,
+    run_exercise,
+)
+
+# Registry in lab order (01, 02, 05), then definition order within a lab.
+_ordered = sorted(REGISTRY.items(), key=lambda kv: kv[1].lab)
+REGISTRY.clear()
+REGISTRY.update(_ordered)
+del _ordered
+
+__all__ = [
+    "check", "run_exercise", "CheckResult", "CaseResult", "Exercise", "Case", "Diagnosis", "REGISTRY",
+    "register", "get_exercise", "format_report", "exercises_of_lab", "DEFAULT_TIMEOUT", "STATUSES",
+]
+
+
+def exercises_of_lab(lab: str) -> list[str]:
+    """Exercise ids of one lab ("01", "02", "05"), in registration order.
+
+    >>> exercises_of_lab("02")
+    ['per_channel_minmax', 'per_channel_scale']
+    """
+    return [k for k, ex in REGISTRY.items() if ex.lab == lab]

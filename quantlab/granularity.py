@@ -1,0 +1,172 @@
+r"""Granularity: which values share one (s, z) — layer-by-layer vs channel-by-channel (section 9.3.1).
+
+Granularity is *data*, not a code path: ``PerTensor()`` (one s, z for the whole layer),
+``PerChannel(axis)`` (one s, z per output channel) and ``PerGroup(group_size)`` (one s, z per run of
+``group_size`` consecutive weights in a row — beyond the text, as used for LLM weights). The one
+function :func:`choose_qparams` computes (s, z) for any of them, shaped to broadcast against r, so
+:func:`quantlab.linear.quantize` needs no special case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Union
+
+import torch
+
+from ._checks import as_float_tensor, check_bits
+from .linear import fake_quantize, qrange, quantize, scale_zero_point
+
+__all__ = [
+    "PerTensor",
+    "PerChannel",
+    "PerGroup",
+    "Granularity",
+    "QParams",
+    "range_of",
+    "choose_qparams",
+    "quantize_tensor",
+    "fake_quantize_tensor",
+]
+
+
+@dataclass(frozen=True)
+class PerTensor:
+    """One (s, z) for the whole tensor: layer-by-layer quantization."""
+
+
+@dataclass(frozen=True)
+class PerChannel:
+    """One (s, z) per index along ``axis`` (axis 0 = output channels of a conv/linear weight)."""
+
+    axis: int = 0
+
+
+@dataclass(frozen=True)
+class PerGroup:
+    """One (s, z) per ``group_size`` consecutive values of each row.
+
+    Rows: r viewed as (shape[0], -1); a 1-D r is a single row.
+    """
+
+    group_size: int = 32
+
+
+Granularity = Union[PerTensor, PerChannel, PerGroup]
+
+
+class QParams(NamedTuple):
+    """Quantization parameters: s (float32) and z (int64) broadcastable to r, and the grid."""
+
+    s: torch.Tensor
+    z: torch.Tensor
+    q_min: int
+    q_max: int
+    granularity: object = PerTensor()
+
+    @property
+    def n_params(self) -> int:
+        """How many distinct (s, z) pairs are stored (1 per tensor, C per channel, R*K/g per group)."""
+        if isinstance(self.granularity, PerGroup):
+            return self.s.numel() // self.granularity.group_size
+        return self.s.numel()
+
+
+def _check_axis(axis, ndim: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise TypeError(f"axis must be an int; got {axis!r}.")
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"axis={axis} is out of range for a tensor with {ndim} dimension(s); use 0..{ndim - 1} "
+            "(axis 0 = output channels of a conv or linear weight)."
+        )
+    return axis % ndim
+
+
+def range_of(r, granularity: Granularity = PerTensor()):
+    r"""(r_min, r_max) per quantization unit, shaped to broadcast against r.
+
+    PerTensor: 0-d tensors.  PerChannel(axis): shape with every dim 1 except ``axis``.
+    PerGroup(g): r viewed as (R, K) = (shape[0], -1) (a 1-D r is one row) with K % g == 0; returns
+    r's shape (each group's range repeated over its g values), so it broadcasts trivially.
+
+    >>> w = torch.tensor([[1.0, -2.0], [0.5, 0.25]])
+    >>> range_of(w, PerChannel(0))[1].flatten()
+    tensor([1.0000, 0.5000])
+    """
+    t = as_float_tensor(r, "r")
+    if isinstance(granularity, PerTensor):
+        return t.min(), t.max()
+    if isinstance(granularity, PerChannel):
+        if t.ndim == 0:
+            raise ValueError(
+                "PerChannel needs a tensor with at least one dimension; use PerTensor() for a scalar."
+            )
+        axis = _check_axis(granularity.axis, t.ndim)
+        dims = [d for d in range(t.ndim) if d != axis]
+        if not dims:
+            return t.clone(), t.clone()
+        return t.amin(dim=dims, keepdim=True), t.amax(dim=dims, keepdim=True)
+    if isinstance(granularity, PerGroup):
+        g = granularity.group_size
+        if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+            raise ValueError(f"group_size must be a positive int; got {g!r}.")
+        rows = t.reshape(t.shape[0], -1) if t.ndim >= 2 else t.reshape(1, -1)  # a 1-D r is one row
+        if rows.shape[1] % g:
+            raise ValueError(
+                f"group_size={g} does not divide the row length {rows.shape[1]} of r viewed as "
+                f"{tuple(rows.shape)}; "
+                f"pick a divisor of {rows.shape[1]}."
+            )
+        grouped = rows.reshape(rows.shape[0], -1, g)
+        lo = grouped.amin(dim=2, keepdim=True).expand_as(grouped).reshape(t.shape)
+        hi = grouped.amax(dim=2, keepdim=True).expand_as(grouped).reshape(t.shape)
+        return lo, hi
+    raise TypeError(
+        f"granularity must be PerTensor(), PerChannel(axis) or PerGroup(size); got {granularity!r}."
+    )
+
+
+def choose_qparams(
+    r, bits: int = 8, granularity: Granularity = PerTensor(), symmetric: bool = False,
+    signed: bool | None = None, narrow: bool = False,
+) -> QParams:
+    r"""Compute (s, z, q_min, q_max) for r at a bit-width and granularity — range first, then parameters.
+
+    [q_min, q_max] = qrange(bits, signed, narrow); signed defaults to ``symmetric`` (z = 0 needs a grid
+    around 0) — pass signed=False with symmetric=True for non-negative data such as post-ReLU.
+    (r_min, r_max) = :func:`range_of` (r, granularity);  (s, z) = :func:`scale_zero_point`.
+
+    Shapes: r any float shape; s, z broadcast against r (see range_of).
+
+    >>> p = choose_qparams(torch.randn(16, 3, 3, 3), 8, PerChannel(0), symmetric=True)
+    >>> p.s.shape, p.q_min, p.q_max
+    (torch.Size([16, 1, 1, 1]), -128, 127)
+    """
+    bits = check_bits(bits)
+    signed = symmetric if signed is None else signed
+    q_min, q_max = qrange(bits, signed=signed, narrow=narrow)
+    r_min, r_max = range_of(r, granularity)
+    s, z = scale_zero_point(r_min, r_max, q_min, q_max, symmetric=symmetric)
+    return QParams(s, z, q_min, q_max, granularity)
+
+
+def quantize_tensor(r, bits: int = 8, granularity: Granularity = PerTensor(), symmetric: bool = False, **kw):
+    """Quantize r in one call: returns (q, QParams). ``dequantize(q, p.s, p.z)`` gives r_hat back.
+
+    >>> q, p = quantize_tensor(torch.randn(4, 8), 4, PerChannel(0))
+    """
+    p = choose_qparams(r, bits, granularity, symmetric, **kw)
+    return quantize(r, p.s, p.z, p.q_min, p.q_max), p
+
+
+def fake_quantize_tensor(
+    r, bits: int = 8, granularity: Granularity = PerTensor(), symmetric: bool = False, **kw
+):
+    """r_hat = dequantize(quantize(r)) at a bit-width and granularity (float out, same shape as r).
+
+    >>> r_hat = fake_quantize_tensor(torch.randn(4, 8), 4, PerChannel(0), symmetric=True)
+    """
+    p = choose_qparams(r, bits, granularity, symmetric, **kw)
+    return fake_quantize(r, p.s, p.z, p.q_min, p.q_max)
+

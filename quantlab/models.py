@@ -1,0 +1,270 @@
+"""The lab's small CNN: definition, deterministic training, evaluation, loading, batch-norm folding.
+
+``SmallCNN`` is an ``nn.Sequential`` with named layers, made only of Conv2d, BatchNorm2d, ReLU,
+MaxPool2d, Flatten and Linear, so a quantization engine can walk it layer by layer::
+
+    x (N,1,28,28) -> conv1 (1->16, 3x3, pad 1) -> bn1 -> relu1 -> pool1 (2x2)   -> (N,16,14,14)
+                  -> conv2 (16->32, 3x3, pad 1) -> bn2 -> relu2 -> pool2 (2x2)  -> (N,32,7,7)
+                  -> flatten -> fc1 (1568->64) -> relu3 -> fc2 (64->10)          -> logits (N,10)
+
+The trained weights ship in ``data/cnn.pt`` (state_dict); remake them with
+``python -m quantlab.models train`` (about half a minute on 2 CPU cores; see ``data/README.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import data_dir, load_mnist
+
+__all__ = ["CHECKPOINT", "SmallCNN", "train", "evaluate", "load_trained", "fold_batchnorm"]
+
+CHECKPOINT = "cnn.pt"
+
+
+class SmallCNN(nn.Sequential):
+    """Two conv blocks and two linear layers, ~106k parameters (~0.42 MB in float32).
+
+    Layers (names are stable; quantization code may address them): ``conv1 bn1 relu1 pool1 conv2 bn2
+    relu2 pool2 flatten fc1 relu3 fc2``. The convolutions have no bias (the following BatchNorm's beta
+    plays that role); :func:`fold_batchnorm` gives them one.
+
+    Shapes: input x float32 (N, 1, 28, 28) with values in [0, 1]; output logits float32 (N, 10).
+
+    Example:
+        >>> model = SmallCNN()
+        >>> model(torch.zeros(2, 1, 28, 28)).shape   # torch.Size([2, 10])
+    """
+
+    def __init__(self, c1: int = 16, c2: int = 32, hidden: int = 64, n_classes: int = 10):
+        super().__init__(OrderedDict([
+            ("conv1", nn.Conv2d(1, c1, 3, padding=1, bias=False)),
+            ("bn1", nn.BatchNorm2d(c1)),
+            ("relu1", nn.ReLU()),
+            ("pool1", nn.MaxPool2d(2)),
+            ("conv2", nn.Conv2d(c1, c2, 3, padding=1, bias=False)),
+            ("bn2", nn.BatchNorm2d(c2)),
+            ("relu2", nn.ReLU()),
+            ("pool2", nn.MaxPool2d(2)),
+            ("flatten", nn.Flatten()),
+            ("fc1", nn.Linear(c2 * 7 * 7, hidden)),
+            ("relu3", nn.ReLU()),
+            ("fc2", nn.Linear(hidden, n_classes)),
+        ]))
+
+
+def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Translate each image by (dy, dx), integers uniform in [-max_shift, max_shift], zero fill."""
+    n, _, h, w = x.shape
+    p = max_shift
+    padded = nn.functional.pad(x, (p, p, p, p))
+    d = torch.randint(0, 2 * p + 1, (n, 2), generator=gen)
+    out = torch.empty_like(x)
+    for i in range(n):
+        dy, dx = int(d[i, 0]), int(d[i, 1])
+        out[i] = padded[i, :, dy:dy + h, dx:dx + w]
+    return out
+
+
+def train(
+    epochs: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+    n: int | None = None,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    max_shift: int = 2,
+) -> SmallCNN:
+    """Train a fresh :class:`SmallCNN` on the training split, deterministically.
+
+    Loss: cross-entropy; optimiser: Adam(lr) with weight decay 1e-4 and a one-cycle learning-rate
+    schedule; augmentation: random shifts of up to ``max_shift`` pixels (0 turns it off). Determinism:
+    ``torch.manual_seed(seed)`` for the initial weights, one ``torch.Generator(seed)`` for the batch order
+    (a fresh ``randperm`` per epoch) and the shifts, and ``torch.use_deterministic_algorithms(True)``
+    during the run (restored afterwards). Same seed, same machine and thread count -> identical weights.
+
+    Args:
+        epochs: passes over the data. seed: integer seed. progress: show a tqdm bar.
+        n: train on the first n training images only (None: all 4,000). batch_size, lr, max_shift: as above.
+    Returns:
+        The trained model, in eval mode.
+    Raises:
+        ValueError: epochs < 1; FileNotFoundError if the data file is missing (see ``load_mnist``).
+
+    Example:
+        >>> model = train(epochs=1, n=500, progress=False)
+        >>> evaluate(model, *load_mnist("test"))       # a float in [0, 1]
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1; got {epochs}.")
+    from tqdm.auto import tqdm
+
+    x, y = load_mnist("train", n)
+    was_det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        model = SmallCNN()
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
+        steps = epochs * ((len(y) + batch_size - 1) // batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+        loss_fn = nn.CrossEntropyLoss()
+        model.train()
+        bar = tqdm(total=steps, desc="train SmallCNN", disable=not progress, leave=False)
+        for epoch in range(epochs):
+            order = torch.randperm(len(y), generator=gen)
+            for k in range(0, len(y), batch_size):
+                idx = order[k:k + batch_size]
+                xb = x[idx] if max_shift == 0 else _shift(x[idx], max_shift, gen)
+                loss = loss_fn(model(xb), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+        bar.close()
+    finally:
+        torch.use_deterministic_algorithms(was_det)
+    return model.eval()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy = (1/N) * sum_i [argmax_k model(x)_ik == y_i], computed in eval mode, no grad.
+
+    Args:
+        model: maps (B, 1, 28, 28) float32 to logits (B, 10). x: float32 (N, 1, 28, 28). y: int64 (N,).
+        batch_size: images per forward pass.
+    Returns:
+        Accuracy, a Python float in [0, 1]. The model's train/eval mode is restored afterwards.
+    Raises:
+        ValueError: x and y have different lengths, or are empty.
+
+    Example:
+        >>> x, y = load_mnist("test")
+        >>> evaluate(load_trained(), x, y)           # ~0.98
+    """
+    if len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"x and y must be non-empty and of equal length; got {len(x)} and {len(y)}.")
+    was_training = model.training
+    model.eval()
+    try:
+        correct = 0
+        for k in range(0, len(y), batch_size):
+            correct += int((model(x[k:k + batch_size]).argmax(1) == y[k:k + batch_size]).sum())
+    finally:
+        model.train(was_training)
+    return correct / len(y)
+
+
+def load_trained(path: str | Path | None = None) -> SmallCNN:
+    """Load the shipped trained :class:`SmallCNN` (state_dict, ``weights_only=True``) in eval mode.
+
+    Args:
+        path: checkpoint file; None means ``data_dir() / "cnn.pt"`` (``$QUANTLAB_DATA`` or ``<repo>/data``).
+    Returns:
+        SmallCNN in eval mode (BatchNorm uses its running statistics).
+    Raises:
+        FileNotFoundError: the checkpoint is missing (the message says how to remake it).
+
+    Example:
+        >>> model = load_trained()
+        >>> model(load_mnist("test", n=4)[0]).argmax(1)   # predicted digits, shape (4,)
+    """
+    path = Path(path) if path is not None else data_dir() / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"CNN checkpoint not found at {path}. Remake it with `.venv/bin/python -m quantlab.models train "
+            f"--out {path}` (about half a minute on 2 CPU cores)."
+        )
+    model = SmallCNN()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """One Conv2d equal to conv followed by bn in eval mode (computed in float64, stored as float32)."""
+    gamma = bn.weight.detach().double() if bn.affine else torch.ones(bn.num_features, dtype=torch.float64)
+    beta = bn.bias.detach().double() if bn.affine else torch.zeros(bn.num_features, dtype=torch.float64)
+    mu, var = bn.running_mean.double(), bn.running_var.double()
+    k = gamma / torch.sqrt(var + bn.eps)                      # gamma / sqrt(sigma^2 + eps), shape (C_out,)
+    w = conv.weight.detach().double()
+    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(mu)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                      padding_mode=conv.padding_mode)
+    with torch.no_grad():
+        fused.weight.copy_((w * k.view(-1, 1, 1, 1)).to(conv.weight.dtype))
+        fused.bias.copy_(((b - mu) * k + beta).to(conv.weight.dtype))
+    return fused
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Return a copy of ``model`` with every Conv2d directly followed by a BatchNorm2d folded into one Conv2d.
+
+    With k = gamma / sqrt(sigma^2 + eps) per output channel c (sigma^2, mu: BN running statistics):
+        w'_c = w_c * k_c,    b'_c = (b_c - mu_c) * k_c + beta_c      (b = 0 when the conv has no bias)
+    The BatchNorm2d is replaced by ``nn.Identity()`` under the same name, so layer names stay valid.
+    "Directly followed" means adjacent children of one container (e.g. ``conv1``, ``bn1`` of a
+    Sequential); containers are searched recursively. ``model`` itself is not modified.
+
+    Args:
+        model: an nn.Module (e.g. :class:`SmallCNN`), in any mode.
+    Returns:
+        The folded copy, in eval mode; its output equals ``model.eval()``'s output up to float rounding.
+    Raises:
+        ValueError: a BatchNorm2d to fold has no running statistics (``track_running_stats=False``).
+
+    Example:
+        >>> folded = fold_batchnorm(load_trained())
+        >>> folded.bn1                                 # Identity(); folded.conv1 now has a bias
+    """
+    folded = copy.deepcopy(model)
+
+    def visit(parent: nn.Module) -> None:
+        children = list(parent.named_children())
+        for (name_a, a), (name_b, b) in zip(children, children[1:]):
+            if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
+                if b.running_mean is None or b.running_var is None:
+                    raise ValueError(f"BatchNorm2d {name_b!r} has no running statistics; cannot fold it.")
+                setattr(parent, name_a, _fold(a, b))
+                setattr(parent, name_b, nn.Identity())
+        for _, child in parent.named_children():
+            visit(child)
+
+    visit(folded)
+    return folded.eval()
+
+
+def main(argv=None) -> None:
+    """``python -m quantlab.models train [--epochs N] [--seed S] [--out PATH]``: retrain and save."""
+    ap = argparse.ArgumentParser(prog="python -m quantlab.models", description="Retrain the lab's SmallCNN.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    tr = sub.add_parser("train", help="train from scratch, print time and test accuracy, save the state_dict")
+    tr.add_argument("--epochs", type=int, default=8)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--out", type=Path, default=None, help="default: <data dir>/cnn.pt")
+    args = ap.parse_args(argv)
+
+    out = args.out if args.out is not None else data_dir() / CHECKPOINT
+    t0 = time.perf_counter()
+    model = train(epochs=args.epochs, seed=args.seed)
+    seconds = time.perf_counter() - t0
+    acc = evaluate(model, *load_mnist("test"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out)
+    print(f"trained {args.epochs} epochs in {seconds:.1f} s on {torch.get_num_threads()} thread(s); "
+          f"test accuracy {acc:.4f} ({round(acc * 1000)}/1000); saved {out} ({out.stat().st_size} bytes)")
+
+
+if __name__ == "__main__":
+    main()
