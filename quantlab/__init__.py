@@ -12,6 +12,7 @@ from .granularity import (
     QParams,
     choose_qparams,
     fake_quantize_tensor,
+    fake_quantize_weights,
     quantize_tensor,
     range_of,
 )
@@ -21,7 +22,7 @@ from .metrics import compression_ratio, model_size_bytes, mse, sqnr_db, tensor_s
 __all__ = [
     "EPS", "qrange", "scale_zero_point", "quantize", "dequantize", "fake_quantize",
     "PerTensor", "PerChannel", "PerGroup", "QParams", "range_of", "choose_qparams",
-    "quantize_tensor", "fake_quantize_tensor",
+    "quantize_tensor", "fake_quantize_tensor", "fake_quantize_weights",
     "mse", "sqnr_db", "compression_ratio", "tensor_size_bytes", "model_size_bytes",
 ]
 __version__ = "0.1.0"

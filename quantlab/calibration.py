@@ -34,8 +34,9 @@ from .observers import Calibration, HistogramObserver, _RangeObserver, grid_and_
 __all__ = [
     "METRICS", "METHODS", "SMOOTH",
     "kl_divergence", "symmetric_kl", "js_divergence", "divergence", "quantize_histogram",
-    "histogram", "abs_histogram", "kl_threshold", "kl_range", "ThresholdSearch", "RangeSearch",
-    "minmax_range", "percentile_range", "mse_range", "calibrate_range", "calibrate",
+    "histogram", "abs_histogram", "divergence_curve", "kl_threshold", "kl_range",
+    "ThresholdSearch", "RangeSearch",
+    "minmax_range", "percentile_range", "mse_range", "flatten_zero_bin", "calibrate_range", "calibrate",
     "calibrate_model", "fake_quantize_activations", "collect_activations",
 ]
 
@@ -153,9 +154,9 @@ def divergence(p, q, metric: str = "kl"):
 
 def _check_levels(n_levels, i: int | None = None) -> int:
     if isinstance(n_levels, bool) or not isinstance(n_levels, numbers.Integral) or n_levels < 1:
-        raise ValueError(f"n_levels must be a positive int (2^(b-1) = 128 for 8-bit signed); got {n_levels!r}.")
+        raise ValueError(f"n_levels must be a positive int (128 at 8 bits signed); got {n_levels!r}.")
     if i is not None and i < n_levels:
-        raise ValueError(f"P has {i} bins but n_levels={n_levels}; merge-and-expand needs at least n_levels bins.")
+        raise ValueError(f"P has {i} bins but n_levels={n_levels}; merge-and-expand needs >= n_levels bins.")
     return int(n_levels)
 
 
@@ -244,7 +245,8 @@ def abs_histogram(hist, bin_edges, bins: int | None = None) -> tuple[np.ndarray,
     neg = edges[:-1] < 0
     if neg.any():  # mirrored: |x| of bin [e_k, e_k+1) is [-e_k+1, -e_k)
         e = np.concatenate(([max(-edges[1:][neg][-1], 0.0)], -edges[:-1][neg][::-1]))
-        out += _rebin_into((hist[neg] * np.where(straddle[neg], 1.0 - frac_pos[neg], 1.0))[::-1], e, new_edges)
+        mass = hist[neg] * np.where(straddle[neg], 1.0 - frac_pos[neg], 1.0)
+        out += _rebin_into(mass[::-1], e, new_edges)
     return out, new_edges
 
 
@@ -302,8 +304,9 @@ def _xlogy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _chunks(a: int, ends: np.ndarray, n: int, widths: np.ndarray, first: int, count: int):
-    """Ragged layout of chunks first..first+count-1 of every candidate [a, b): chunk k = [a + k w, a + (k+1) w),
-    the last chunk (k = n-1) runs to b. Returns (bin index per element, segment offsets, segment lengths)."""
+    """Ragged layout of chunks first..first+count-1 of every candidate [a, b):
+    chunk k = [a + k w, a + (k+1) w), the last chunk (k = n-1) runs to b.
+    Returns (bin index per element, segment offsets, segment lengths)."""
     k = np.arange(first, first + count)
     starts = (a + k[None, :] * widths[:, None]).ravel()
     stops = np.where(k[None, :] == n - 1, ends[:, None], a + (k[None, :] + 1) * widths[:, None]).ravel()
@@ -400,8 +403,30 @@ def _n_levels(bits, signed: bool, half: bool) -> int:
     bits = check_bits(bits)
     n = 2 ** (bits - 1) if (signed and half) else 2**bits
     if n < 2:
-        raise ValueError(f"bits={bits} signed leaves one level per side; use bits >= 2 for a threshold search.")
+        raise ValueError(f"bits={bits} signed leaves one level per side; a threshold search needs bits >= 2.")
     return n
+
+
+def divergence_curve(hist, bin_edges, n_levels: int, metric: str = "kl", start: int = 0, ends=None):
+    r"""D(P || Q_q) for candidate clip ranges [bin_edges[start], bin_edges[b]], b in ``ends`` (all at once).
+
+    P = hist[start:b], mass left of ``start`` folded into its first bin, mass from b on into its last;
+    Q_q = quantize_histogram(hist[start:b], n_levels). ``ends`` defaults to every b >= start + n_levels.
+    This is the curve :func:`kl_threshold` (start = 0) and :func:`kl_range` minimise; pass a subset of
+    ends for a quick plot. Returns (r_maxs, D) as float64 arrays of len(ends).
+
+    >>> h, e = histogram(torch.randn(10_000), absolute=True)
+    >>> r_max, d = divergence_curve(h, e, 128, "js", ends=np.arange(128, 2049, 64))
+    """
+    h, e = _check_hist_edges(hist, bin_edges)
+    metric = _check_metric(metric)
+    n = _check_levels(n_levels, h.size - start)
+    if ends is None:
+        ends = np.arange(start + n, h.size + 1)
+    ends = np.asarray(ends, dtype=np.int64)
+    if ends.size == 0 or (ends < start + n).any() or (ends > h.size).any():
+        raise ValueError(f"ends must lie in [start + n_levels, len(hist)] = [{start + n}, {h.size}].")
+    return e[ends], _search_from(h, int(start), ends, n, metric, left=float(h[:start].sum()))
 
 
 class ThresholdSearch(NamedTuple):
@@ -437,11 +462,11 @@ def kl_threshold(hist, bin_edges, bits: int = 8, signed: bool = True, metric: st
     """
     h, e = _check_hist_edges(hist, bin_edges)
     if e[0] < 0:
-        raise ValueError("kl_threshold needs a histogram of |x| (edges from 0); use abs_histogram(hist, edges).")
+        raise ValueError("kl_threshold needs a histogram of |x| (edges from 0): use abs_histogram()")
     metric = _check_metric(metric)
     n = _n_levels(bits, signed, half=True)
     if h.size < n:
-        raise ValueError(f"hist has {h.size} bins but needs >= n_levels = {n}; use more bins (2048 is usual).")
+        raise ValueError(f"hist has {h.size} bins but needs >= n_levels = {n}; use more bins (2048 is usual)")
     ends = np.arange(n, h.size + 1)
     d = _search_from(h, 0, ends, n, metric)
     k = _best(d, lambda j: _direct(h, 0, int(ends[j]), n, metric))
@@ -470,7 +495,7 @@ class RangeSearch(NamedTuple):
 
 
 def kl_range(hist, bin_edges, bits: int = 8, metric: str = "kl", n_candidates: int = 48) -> RangeSearch:
-    r"""Asymmetric calibration: the clip range [r_min, r_max] (bins [a, b) of P_f of x) minimising D(P || Q_q).
+    r"""Asymmetric calibration: the clip range [r_min, r_max] (bins [a, b) of P_f of x) minimising D(P||Q_q).
 
     For each candidate pair (a, b) with r_min = bin_edges[a] <= 0 <= r_max = bin_edges[b] and
     b - a >= n_levels = 2^b (the whole unsigned grid q_min..q_max):
@@ -582,13 +607,13 @@ def percentile_range(source, pct: float = 99.99, symmetric: bool = False) -> tup
     return float(lo), float(hi)
 
 
-def _expected_mse(c: torch.Tensor, w: torch.Tensor, r_min, r_max, q_min, q_max, symmetric) -> torch.Tensor:
-    """sum_j w_j (c_j - fake_quantize(c_j))^2 for each candidate range (rows)."""
+def _expected_mse(c: np.ndarray, w: np.ndarray, r_min, r_max, q_min, q_max, symmetric) -> np.ndarray:
+    """sum_j w_j (c_j - fake_quantize(c_j))^2 for each candidate range (rows); s, z from scale_zero_point."""
     from .linear import scale_zero_point
 
     s, z = scale_zero_point(torch.as_tensor(r_min), torch.as_tensor(r_max), q_min, q_max, symmetric)
-    s, z = s.double()[:, None], z.double()[:, None]
-    r_hat = s * (torch.clamp(torch.round(c[None, :] / s + z), q_min, q_max) - z)
+    s, z = s.double().numpy()[:, None], z.double().numpy()[:, None]
+    r_hat = s * (np.clip(np.round(c[None, :] / s + z), q_min, q_max) - z)
     return ((c[None, :] - r_hat) ** 2 * w[None, :]).sum(1)
 
 
@@ -599,7 +624,8 @@ def mse_range(source, bits: int = 8, symmetric: bool = False, signed: bool | Non
     with c_j the bin centres of P_f and r_hat = s (clip(round(c/s + z), q_min, q_max) - z), s and z from
     :func:`quantlab.scale_zero_point`. Candidates: symmetric T = max|x| k/K (k = 1..K, K = n_candidates);
     asymmetric (r_min, r_max) = (alpha min(x), beta max(x)) on a k x k grid (k = sqrt(5 K)), then a k x k
-    grid one step around the best. Narrow ranges cut rounding error, wide ranges cut clipping error; MSE balances them.
+    grid one step around the best. Narrow ranges cut rounding error, wide ranges cut clipping error;
+    the MSE balances the two.
 
     ``source``: raw x, (hist, bin_edges) of x, or a HistogramObserver. Returns (r_min, r_max).
 
@@ -614,23 +640,23 @@ def mse_range(source, bits: int = 8, symmetric: bool = False, signed: bool | Non
     q_min, q_max = qrange(bits, signed=signed)
     h, e = _source_histogram(source, 2048)
     keep = h > 0  # empty bins add no error
-    c = torch.from_numpy(0.5 * (e[:-1] + e[1:])[keep])
-    w = torch.from_numpy(h[keep] / h.sum())
+    c = 0.5 * (e[:-1] + e[1:])[keep]
+    w = h[keep] / h.sum()
     lo, hi = min(float(e[0]), 0.0), max(float(e[-1]), 0.0)
     if symmetric:
         top = max(-lo, hi) if signed else hi
         t = top * np.arange(1, n_candidates + 1) / n_candidates
         neg = -t if signed else np.zeros_like(t)
         err = _expected_mse(c, w, neg, t, q_min, q_max, True)
-        k = int(np.flatnonzero(err.numpy() == err.min().item())[-1])
+        k = int(np.flatnonzero(err == err.min())[-1])
         return float(neg[k]), float(t[k])
     def search(alphas, betas):  # every (alpha, beta) pair at once; ties go to the widest range
         al, be = (g.ravel() for g in np.meshgrid(alphas, betas, indexing="ij"))
-        err = _expected_mse(c, w, lo * al, hi * be, q_min, q_max, False).numpy()
+        err = _expected_mse(c, w, lo * al, hi * be, q_min, q_max, False)
         j = int(np.flatnonzero(err == err.min())[-1])
         return al[j], be[j]
 
-    k = max(4, int(np.sqrt(n_candidates * 5)))  # coarse k x k grid, then a k x k grid one step around the best
+    k = max(4, int(np.sqrt(n_candidates * 5)))  # coarse k x k grid, then k x k one step around the best
     frac = np.arange(1, k + 1) / k
     a0, b0 = search(frac if lo < 0 else np.ones(1), frac)
     fine = np.linspace(-1.0 / k, 1.0 / k, k + 1)
@@ -673,10 +699,33 @@ def calibrate_range(source, method: str = "kl", bits: int = 8, symmetric: bool =
             ha, ea = abs_histogram(*_source_histogram(source, bins), bins=bins)
         else:
             ha, ea = histogram(source, bins, absolute=True)
-        t = kl_threshold(ha, ea, bits, signed, method).threshold
+        t = kl_threshold(flatten_zero_bin(ha, ea), ea, bits, signed, method).threshold
         return (-t if signed else 0.0), t
-    res = kl_range(*_source_histogram(source, bins), bits=bits, metric=method)
+    h, e = _source_histogram(source, bins)
+    res = kl_range(flatten_zero_bin(h, e), e, bits=bits, metric=method)
     return res.r_min, res.r_max
+
+
+def flatten_zero_bin(hist, bin_edges) -> np.ndarray:
+    r"""Replace the count of the bin holding r = 0 by the mean of its neighbours (a copy is returned).
+
+    After a ReLU (or zero padding) a large share of the activations is exactly 0: a spike in one bin.
+    Any grid with r = 0 on it (z = 0 or an integer z) represents those zeros exactly, so they should not
+    steer the clip; left in, merge-and-expand smears the spike over its chunk and the divergence search
+    prefers absurdly small thresholds (chunks of one bin) at 6 and 4 bits. NVIDIA's pytorch-quantization
+    does the same before its entropy search (``bins[0] = bins[1]``). Histograms with all their mass in
+    that one bin are returned unchanged.
+
+    >>> flatten_zero_bin(np.array([90.0, 4, 2, 1]), np.linspace(0, 4, 5))
+    array([4., 4., 2., 1.])
+    """
+    h, e = _check_hist_edges(hist, bin_edges)
+    z0 = int(np.clip(np.searchsorted(e, 0.0, side="right") - 1, 0, h.size - 1))
+    neighbours = [h[k] for k in (z0 - 1, z0 + 1) if 0 <= k < h.size]
+    out = h.copy()
+    if neighbours and h.sum() > h[z0]:
+        out[z0] = float(np.mean(neighbours))
+    return out
 
 
 def calibrate(source, method: str = "kl", bits: int = 8, symmetric: bool = False, signed: bool | None = None,
@@ -685,7 +734,8 @@ def calibrate(source, method: str = "kl", bits: int = 8, symmetric: bool = False
 
     1. [r_min, r_max] by ``method``:
        "minmax" (all data), "percentile" (pct-th percentile, tails clipped), "mse" (min E[(r - r_hat)^2]),
-       "kl" / "symmetric_kl" / "js" (min D(P || Q_q): :func:`kl_threshold` when symmetric, else :func:`kl_range`).
+       "kl" / "symmetric_kl" / "js" (min D(P || Q_q): :func:`kl_threshold` when symmetric, else
+       :func:`kl_range`; the bin holding the exact zeros is first flattened, :func:`flatten_zero_bin`).
     2. [q_min, q_max] = qrange(bits, signed) (signed defaults to ``symmetric``: z = 0 needs a grid around 0;
        use symmetric=True, signed=False for post-ReLU data), then s, z = scale_zero_point(r_min, r_max, ...).
 
@@ -714,7 +764,8 @@ def collect_activations(model: torch.nn.Module, x: torch.Tensor, layer_type=torc
     acts, handles = {}, []
     for name, mod in model.named_modules():
         if isinstance(mod, layer_type):
-            handles.append(mod.register_forward_hook(lambda m, i, o, name=name: acts.__setitem__(name, o.detach())))
+            hook = lambda m, i, o, name=name: acts.__setitem__(name, o.detach())
+            handles.append(mod.register_forward_hook(hook))
     try:
         with torch.no_grad():
             model(x)
@@ -738,7 +789,7 @@ def calibrate_model(acts: dict, method: str = "kl", bits: int = 8, **kw) -> dict
 
 @contextlib.contextmanager
 def fake_quantize_activations(model: torch.nn.Module, qparams: dict):
-    """Inside the ``with`` block, each named module's output is replaced by fake_quantize(out, s, z, q_min, q_max).
+    """Inside the ``with`` block, each named module's output becomes fake_quantize(out, s, z, q_min, q_max).
 
     >>> with fake_quantize_activations(model, calibrate_model(acts, "kl", 4)):
     ...     acc = evaluate(model, x_test, y_test)
@@ -749,10 +800,14 @@ def fake_quantize_activations(model: torch.nn.Module, qparams: dict):
     missing = set(qparams) - set(modules)
     if missing:
         raise ValueError(f"qparams names modules the model does not have: {sorted(missing)}.")
-    handles = [
-        modules[name].register_forward_hook(lambda m, i, o, p=p: fake_quantize(o, p.s, p.z, p.q_min, p.q_max))
-        for name, p in qparams.items()
-    ]
+
+    def hook_for(p):
+        if p.s.numel() == 1:  # per tensor: PyTorch's fused kernel (same rounding, half to even), no checks
+            s, z = float(p.s), int(p.z)
+            return lambda m, i, o: torch.fake_quantize_per_tensor_affine(o, s, z, p.q_min, p.q_max)
+        return lambda m, i, o: fake_quantize(o, p.s, p.z, p.q_min, p.q_max)
+
+    handles = [modules[name].register_forward_hook(hook_for(p)) for name, p in qparams.items()]
     try:
         yield model
     finally:

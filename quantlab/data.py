@@ -89,7 +89,9 @@ def load_mnist(split: str = "train", n: int | None = None) -> tuple[torch.Tensor
         if isinstance(n, bool) or not isinstance(n, numbers.Integral):
             raise TypeError(f"n must be an integer number of images or None; got {n!r}.")
         if not 1 <= n <= len(lab):
-            raise ValueError(f"n={n} is out of range: the {split!r} split has {len(lab)} images (use 1..{len(lab)}).")
+            raise ValueError(
+                f"n={n} is out of range: the {split!r} split has {len(lab)} images (use 1..{len(lab)})."
+            )
         img, lab = img[:n], lab[:n]
     return _to_x(img), torch.from_numpy(lab.copy())
 

@@ -275,12 +275,13 @@ class IntMaxPool2d:
 
     def __call__(self, q_x):
         # float32 holds every integer below 2^24 exactly; padded cells are -inf and never win.
-        return F.max_pool2d(q_x.to(torch.float32), self.kernel_size, self.stride, self.padding).to(torch.int64)
+        y = F.max_pool2d(q_x.to(torch.float32), self.kernel_size, self.stride, self.padding)
+        return y.to(torch.int64)
 
 
 @dataclass
 class IntAvgPool2d:
-    """Average pooling on integers: q_y = z + floor((sum (q_x - z) + k/2) / k) (round half up); (s, z) kept."""
+    """Average pooling on integers: q_y = z + floor((sum (q_x - z) + k/2) / k) (ties up); (s, z) kept."""
 
     name: str
     kernel_size: tuple
@@ -319,14 +320,22 @@ class IntModel:
     act_bits: int = 8
     granularity: object = None
 
-    def size_bytes(self) -> int:
-        """Bytes of what the engine stores: int8 weights, int32 biases, (s_w, z_w, M0, n) per channel."""
+    def size_bytes(self, packed: bool = False) -> int:
+        """Bytes the engine stores: weights (int8), int32 biases, (s_w, z_w, M0, n) per channel.
+
+        packed=True counts the weights as if sub-8-bit values were packed (2 per byte at 3-4 bits,
+        4 at 2 bits), as :func:`quantlab.ptq.pack_bits` does; the engine itself keeps them in int8.
+        """
         total = 0
         for layer in self.layers:
             if isinstance(layer, _IntMatmulLayer):
                 for t in (layer.q_w, layer.s_w, layer.z_w, layer.q_b, layer.M0, layer.n):
                     if t is not None:
                         total += t.numel() * t.element_size()
+                if packed:
+                    width = next(w for w in (1, 2, 4, 8) if self.weight_bits <= w)
+                    total -= layer.q_w.numel() * layer.q_w.element_size()
+                    total += -(-layer.q_w.numel() * width // 8)
         return total
 
     def __call__(self, x):

@@ -27,6 +27,7 @@ __all__ = [
     "choose_qparams",
     "quantize_tensor",
     "fake_quantize_tensor",
+    "fake_quantize_weights",
 ]
 
 
@@ -170,3 +171,26 @@ def fake_quantize_tensor(
     p = choose_qparams(r, bits, granularity, symmetric, **kw)
     return fake_quantize(r, p.s, p.z, p.q_min, p.q_max)
 
+
+
+def fake_quantize_weights(model: torch.nn.Module, bits: int, granularity: Granularity = PerChannel(0),
+                          symmetric: bool = True, narrow: bool = True) -> torch.nn.Module:
+    r"""A copy of ``model`` whose Conv/Linear weights are replaced by w_hat = s (clip(round(w/s + z)) - z).
+
+    Each weight gets its own (s, z) at the given granularity (biases stay FP32). For ``PerGroup(g)``, a layer
+    whose row length (C_in·k_h·k_w) is not a multiple of g — e.g. a first conv with rows of 9 — falls back
+    to one group per row (= per-channel). ``model`` is not modified.
+
+    >>> m4 = fake_quantize_weights(load_trained(), 4, PerChannel(0))
+    """
+    import copy
+
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in m.modules():
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+                g = granularity
+                if isinstance(g, PerGroup) and (layer.weight[0].numel() % g.group_size):
+                    g = PerChannel(0)
+                layer.weight.copy_(fake_quantize_tensor(layer.weight, bits, g, symmetric, narrow=narrow))
+    return m

@@ -122,7 +122,7 @@ def quantize(r, s, z, q_min: int, q_max: int):
     """
     q_min, q_max = check_qrange(q_min, q_max)
     t = as_float_tensor(r, "r")
-    t = t.to(torch.promote_types(t.dtype, torch.float32))  # float16/bfloat16 cannot hold r/s + z exactly
+    t = t.to(torch.promote_types(t.dtype, torch.float32))  # float16/bfloat16 are too coarse for r/s + z
     s_t = check_scale(s)
     z_t = check_zero_point(z, q_min, q_max)
     q = torch.clamp(torch.round(t / s_t + z_t), q_min, q_max)

@@ -8,7 +8,7 @@ MaxPool2d, Flatten and Linear, so a quantization engine can walk it layer by lay
                   -> flatten -> fc1 (1568->64) -> relu3 -> fc2 (64->10)          -> logits (N,10)
 
 The trained weights ship in ``data/cnn.pt`` (state_dict); remake them with
-``python -m quantlab.models train`` (about half a minute on 2 CPU cores; see ``data/README.md``).
+``python -m quantlab.models train`` (under a minute on 2 CPU cores; see ``data/README.md``).
 """
 
 from __future__ import annotations
@@ -61,26 +61,28 @@ class SmallCNN(nn.Sequential):
 
 
 def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Translate each image by (dy, dx), integers uniform in [-max_shift, max_shift], zero fill."""
+    """Translate each image by (dy, dx), integers uniform in [-max_shift, max_shift], zero fill.
+
+    x: (N, 1, H, W) -> (N, 1, H, W); one gather from the zero-padded batch.
+    """
     n, _, h, w = x.shape
     p = max_shift
-    padded = nn.functional.pad(x, (p, p, p, p))
-    d = torch.randint(0, 2 * p + 1, (n, 2), generator=gen)
-    out = torch.empty_like(x)
-    for i in range(n):
-        dy, dx = int(d[i, 0]), int(d[i, 1])
-        out[i] = padded[i, :, dy:dy + h, dx:dx + w]
-    return out
+    padded = nn.functional.pad(x, (p, p, p, p))[:, 0]                       # (N, H+2p, W+2p)
+    d = torch.randint(0, 2 * p + 1, (n, 2), generator=gen)                  # offsets into the padding
+    rows = (d[:, 0:1] + torch.arange(h))[:, :, None]                        # (N, H, 1)
+    cols = (d[:, 1:2] + torch.arange(w))[:, None, :]                        # (N, 1, W)
+    return padded[torch.arange(n)[:, None, None], rows, cols].unsqueeze(1)
 
 
 def train(
-    epochs: int = 8,
+    epochs: int = 12,
     seed: int = 0,
     progress: bool = True,
     n: int | None = None,
     batch_size: int = 64,
     lr: float = 3e-3,
     max_shift: int = 2,
+    threads: int | None = 1,
 ) -> SmallCNN:
     """Train a fresh :class:`SmallCNN` on the training split, deterministically.
 
@@ -88,11 +90,15 @@ def train(
     schedule; augmentation: random shifts of up to ``max_shift`` pixels (0 turns it off). Determinism:
     ``torch.manual_seed(seed)`` for the initial weights, one ``torch.Generator(seed)`` for the batch order
     (a fresh ``randperm`` per epoch) and the shifts, and ``torch.use_deterministic_algorithms(True)``
-    during the run (restored afterwards). Same seed, same machine and thread count -> identical weights.
+    during the run (restored afterwards). ``threads`` torch threads are used while training (restored
+    afterwards): 1 by default, because this model is too small to gain from more, many threads thrash
+    on a busy machine, and the float summation order (hence the exact weights) depends on the count.
+    Same seed, torch version, CPU kind and thread count -> bit-identical weights.
 
     Args:
         epochs: passes over the data. seed: integer seed. progress: show a tqdm bar.
         n: train on the first n training images only (None: all 4,000). batch_size, lr, max_shift: as above.
+        threads: torch threads during training (None: leave the current setting).
     Returns:
         The trained model, in eval mode.
     Raises:
@@ -107,8 +113,10 @@ def train(
     from tqdm.auto import tqdm
 
     x, y = load_mnist("train", n)
-    was_det = torch.are_deterministic_algorithms_enabled()
+    was_det, was_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
@@ -134,6 +142,7 @@ def train(
         bar.close()
     finally:
         torch.use_deterministic_algorithms(was_det)
+        torch.set_num_threads(was_threads)
     return model.eval()
 
 
@@ -184,7 +193,7 @@ def load_trained(path: str | Path | None = None) -> SmallCNN:
     if not path.is_file():
         raise FileNotFoundError(
             f"CNN checkpoint not found at {path}. Remake it with `.venv/bin/python -m quantlab.models train "
-            f"--out {path}` (about half a minute on 2 CPU cores)."
+            f"--out {path}` (under a minute on 2 CPU cores)."
         )
     model = SmallCNN()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -232,7 +241,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
     def visit(parent: nn.Module) -> None:
         children = list(parent.named_children())
-        for (name_a, a), (name_b, b) in zip(children, children[1:]):
+        for (name_a, a), (name_b, b) in zip(children[:-1], children[1:], strict=True):
             if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
                 if b.running_mean is None or b.running_var is None:
                     raise ValueError(f"BatchNorm2d {name_b!r} has no running statistics; cannot fold it.")
@@ -246,23 +255,24 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def main(argv=None) -> None:
-    """``python -m quantlab.models train [--epochs N] [--seed S] [--out PATH]``: retrain and save."""
+    """CLI: ``python -m quantlab.models train [--epochs N] [--seed S] [--threads T] [--out PATH]``."""
     ap = argparse.ArgumentParser(prog="python -m quantlab.models", description="Retrain the lab's SmallCNN.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     tr = sub.add_parser("train", help="train from scratch, print time and test accuracy, save the state_dict")
-    tr.add_argument("--epochs", type=int, default=8)
+    tr.add_argument("--epochs", type=int, default=12)
+    tr.add_argument("--threads", type=int, default=1, help="torch threads while training (default 1)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--out", type=Path, default=None, help="default: <data dir>/cnn.pt")
     args = ap.parse_args(argv)
 
     out = args.out if args.out is not None else data_dir() / CHECKPOINT
     t0 = time.perf_counter()
-    model = train(epochs=args.epochs, seed=args.seed)
+    model = train(epochs=args.epochs, seed=args.seed, threads=args.threads)
     seconds = time.perf_counter() - t0
     acc = evaluate(model, *load_mnist("test"))
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out)
-    print(f"trained {args.epochs} epochs in {seconds:.1f} s on {torch.get_num_threads()} thread(s); "
+    print(f"trained {args.epochs} epochs in {seconds:.1f} s on {args.threads} thread(s); "
           f"test accuracy {acc:.4f} ({round(acc * 1000)}/1000); saved {out} ({out.stat().st_size} bytes)")
 
 

@@ -1,4 +1,4 @@
-r"""Range observers for post-training quantization (section 9.3.1): watch calibration batches, keep statistics.
+r"""Range observers for post-training quantization (section 9.3.1): watch calibration batches, keep stats.
 
 "In order to quantify the activation values, the user needs to provide a certain number of calibration
 datasets to count the distribution of activation values at each level." An observer is that counter:
@@ -11,8 +11,9 @@ hook), then ask it for quantization parameters with ``observer.qparams(bits)``.
 - :class:`HistogramObserver`           the histogram P_f of all values seen, on ``bins`` equal bins over
   [r_min, r_max]; when a batch widens the range the old histogram is re-binned into the new one.
 
-``qparams`` returns a :class:`Calibration` (s, z, q_min, q_max) computed with :func:`quantlab.scale_zero_point`
-(same rules as PyTorch's observers). The histogram feeds :func:`quantlab.calibration.calibrate`.
+``qparams`` returns a :class:`Calibration` (s, z, q_min, q_max) computed with
+:func:`quantlab.scale_zero_point` (same rules as PyTorch's observers). The histogram feeds
+:func:`quantlab.calibration.calibrate`.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ class MinMaxObserver(_RangeObserver):
 class MovingAverageMinMaxObserver(_RangeObserver):
     r"""Exponential moving average of each batch's range (less sensitive to one outlier batch):
 
-    first batch: r_min = min(x);  later: r_min <- r_min + c (min(x) - r_min),  same for r_max, c = averaging_constant.
+    first batch: r_min = min(x);  later: r_min <- r_min + c (min(x) - r_min),  same for r_max,
+    c = averaging_constant.
 
     >>> obs = MovingAverageMinMaxObserver(0.01); obs(torch.randn(64, 10))
     >>> s, z, q_min, q_max = obs.qparams(8)
@@ -128,7 +130,7 @@ class MovingAverageMinMaxObserver(_RangeObserver):
     def __init__(self, averaging_constant: float = 0.01):
         c = float(averaging_constant)
         if not 0.0 < c <= 1.0:
-            raise ValueError(f"averaging_constant must lie in (0, 1]; got {averaging_constant!r} (0.01 is typical).")
+            raise ValueError(f"averaging_constant must lie in (0, 1]; got {averaging_constant!r}; try 0.01.")
         self.averaging_constant = c
 
     def update(self, x) -> None:
@@ -167,15 +169,16 @@ class PerChannelMinMaxObserver(_RangeObserver):
         t = self._batch(x)
         if t.ndim == 0 or not -t.ndim <= self.axis < t.ndim:
             raise ValueError(
-                f"axis={self.axis} is out of range for x with shape {tuple(t.shape)}; pick 0..{max(t.ndim - 1, 0)}."
+                f"axis={self.axis} is out of range for x with shape {tuple(t.shape)}; "
+                f"pick 0..{max(t.ndim - 1, 0)}."
             )
         axis = self.axis % t.ndim
         shape = (t.ndim, t.shape[axis])
         if self._shape is not None and shape != self._shape:
             raise ValueError(
-                f"x has {shape[1]} channel(s) along axis {self.axis} and {shape[0]} dimension(s), but earlier "
-                f"batches had {self._shape[1]} and {self._shape[0]}; feed batches of one layer only "
-                "(or create a new observer)."
+                f"x has {shape[1]} channel(s) along axis {self.axis} and {shape[0]} dimension(s), "
+                f"but earlier batches had {self._shape[1]} and {self._shape[0]}; "
+                "feed batches of one layer only (or create a new observer)."
             )
         flat = t.movedim(axis, 0).reshape(t.shape[axis], -1)
         lo, hi = flat.amin(dim=1), flat.amax(dim=1)
@@ -229,8 +232,9 @@ class HistogramObserver(_RangeObserver):
     re-binned (:func:`rebin`: mass of each old bin spread uniformly over the new bins it overlaps) before
     the batch is added. Total mass is exact; each re-binning moves mass by less than one old bin.
 
-    Attributes: ``hist`` (bins,) float64 counts, ``bin_edges`` (bins+1,), ``min_val``, ``max_val``, ``n_seen``.
-    ``qparams`` uses min/max; use :func:`quantlab.calibration.calibrate` (observer, "kl", ...) for the searches.
+    Attributes: ``hist`` (bins,) float64 counts, ``bin_edges`` (bins+1,), ``min_val``, ``max_val``,
+    ``n_seen``. ``qparams`` uses min/max; :func:`quantlab.calibration.calibrate` (observer, "kl", ...)
+    runs the searches.
 
     >>> obs = HistogramObserver(bins=2048); obs(torch.randn(1000)); obs(3 * torch.randn(1000))
     >>> hist, edges = obs.histogram(); int(hist.sum())

@@ -8,12 +8,14 @@ and it is no faster.  -> :func:`quantize_weights`.
 *Full quantization* also quantizes the activations, so every layer can run on integers
 (:mod:`quantlab.engine`). The activation ranges (r_min, r_max) of each layer are measured by running a
 small *calibration set* from the training data through the FP32 model (:func:`calibrate_activations`);
-:func:`convert` then turns weights, biases and ranges into an integer model for :func:`quantlab.engine.run_int`.
+:func:`convert` then turns weights, biases and ranges into an integer model for
+:func:`quantlab.engine.run_int`.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ from .engine import (
     quantize_bias,
 )
 from .granularity import PerChannel, PerTensor, choose_qparams
-from .linear import dequantize, qrange, quantize, scale_zero_point
+from .linear import qrange, quantize, scale_zero_point
 
 __all__ = [
     "SUPPORTED_LAYERS", "pack_bits", "unpack_bits", "state_size_bytes", "median_time",
@@ -133,12 +135,13 @@ class _WeightOnly(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """w_hat = s (q - z): the FP32 weight the ordinary layer uses."""
-        numel = 1
-        for d in self.shape:
-            numel *= d
-        q = unpack_bits(self.q_packed, self.bits, self.q_min, numel).view(self.shape)
-        return dequantize(q, self.s, 0 if self.z is None else self.z)
+        """w_hat = s (q - z): the FP32 weight the ordinary layer uses, rebuilt from the integers per call."""
+        if _width(self.bits) == 8:  # one byte per value: convert straight to float
+            q = self.q_packed.view(self.shape).to(torch.float32)
+        else:
+            numel = math.prod(self.shape)
+            q = unpack_bits(self.q_packed, self.bits, self.q_min, numel).view(self.shape).to(torch.float32)
+        return self.s * q if self.z is None else self.s * (q - self.z)
 
 
 class WeightOnlyConv2d(_WeightOnly):
@@ -146,7 +149,8 @@ class WeightOnlyConv2d(_WeightOnly):
 
     def __init__(self, layer: nn.Conv2d, bits: int, granularity, symmetric: bool):
         super().__init__(layer, bits, granularity, symmetric)
-        self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
+        self.stride, self.padding = layer.stride, layer.padding
+        self.dilation, self.groups = layer.dilation, layer.groups
 
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
@@ -182,18 +186,22 @@ class WeightOnlyModel(nn.Module):
 
 
 def _check_granularity(granularity):
+    if granularity is None:
+        return PerChannel(0)
     if isinstance(granularity, PerTensor) or (isinstance(granularity, PerChannel) and granularity.axis == 0):
         return granularity
-    raise ValueError(f"granularity must be PerTensor() or PerChannel(0) (output channels); got {granularity!r}.")
+    raise ValueError(f"granularity must be PerTensor() or PerChannel(0) (output channels); "
+                     f"got {granularity!r}.")
 
 
-def quantize_weights(model: nn.Module, bits: int = 8, granularity=PerChannel(0), symmetric: bool = True):
+def quantize_weights(model: nn.Module, bits: int = 8, granularity=None, symmetric: bool = True):
     r"""Weight quantization: q = clip(round(w/s + z), q_min, q_max) per Conv2d/Linear weight, stored packed.
 
     symmetric: z = 0 on the narrow grid, s = max|w| / (2^(b-1) - 1); else asymmetric on [0, 2^b - 1].
     Inference dequantizes, w_hat = s (q - z), and runs the FP32 layers (biases and BatchNorm stay FP32).
     ``model`` is not modified. Sizes: ``.size_bytes()`` vs :func:`state_size_bytes` (model).
 
+    granularity: PerChannel(0) (default, None) or PerTensor().
     Raises ValueError for bits outside 2..8 or a granularity other than PerTensor()/PerChannel(0).
 
     >>> wq = quantize_weights(model, bits=4)                        # doctest: +SKIP
@@ -237,16 +245,16 @@ class ActRanges:
 
 
 def _check_calib(calib_x, input_shape) -> torch.Tensor:
-    if not isinstance(calib_x, torch.Tensor):
-        raise TypeError(f"calib_x must be a float torch.Tensor of shape (N, {', '.join(map(str, input_shape))}); "
-                        f"got {type(calib_x).__name__}. Use quantlab.data.calibration_batch(n).")
     expected = "(N, " + ", ".join(map(str, input_shape)) + ")"
+    if not isinstance(calib_x, torch.Tensor):
+        raise TypeError(f"calib_x must be a float torch.Tensor of shape {expected}; got "
+                        f"{type(calib_x).__name__}. Use quantlab.data.calibration_batch(n).")
     if calib_x.ndim != len(input_shape) + 1 or tuple(calib_x.shape[1:]) != tuple(input_shape):
         raise ValueError(f"calib_x must have shape {expected}; got {tuple(calib_x.shape)}. "
                          "For one image x of shape (1, 28, 28) pass x.unsqueeze(0).")
     if calib_x.shape[0] == 0:
-        raise ValueError(f"calib_x is empty (shape {tuple(calib_x.shape)}): calibration needs at least one image, "
-                         "e.g. quantlab.data.calibration_batch(100).")
+        raise ValueError(f"calib_x is empty (shape {tuple(calib_x.shape)}): calibration needs at least "
+                         "one image, e.g. quantlab.data.calibration_batch(100).")
     if not calib_x.is_floating_point():
         raise TypeError(f"calib_x must be float (pixel / 255); got dtype {calib_x.dtype}.")
     if not bool(torch.isfinite(calib_x).all()):
@@ -266,7 +274,8 @@ def calibrate_activations(model: nn.Module, calib_x: torch.Tensor, method: str =
     for the unsigned ``bits``-bit grid. ``progress=True`` shows a tqdm bar over the batches.
 
     Shapes: calib_x float32 (N, 1, 28, 28), 1 <= N (1 ... 1,000 training images in the lab).
-    Raises ValueError for an unknown method, an empty set, a wrong shape (the message gives the expected (N, 1, 28, 28)),
+    Raises ValueError for an unknown method, an empty set, a wrong shape (the message gives the expected
+    (N, 1, 28, 28)),
     NaN/inf in the data or in any layer's activations, an unsupported layer, or a model that is not a
     plain chain of its layers. ``model`` is never modified (a folded copy is used).
 
@@ -286,7 +295,10 @@ def calibrate_activations(model: nn.Module, calib_x: torch.Tensor, method: str =
     folded = fold_batchnorm(model)
     chain = [("input", nn.Identity())] + layer_chain(folded)
     # One observer per activation: running min/max, or the histogram P_f for the searches.
-    observers = {n: MinMaxObserver() if method == "minmax" else HistogramObserver(bins=2048) for n, _ in chain}
+    # min/max is cheap: observe every layer. A histogram (for the searches) only where convert needs a grid.
+    needed = {n for n, _ in chain} if method == "minmax" else _quantization_points(chain)
+    observers = {n: MinMaxObserver() if method == "minmax" else HistogramObserver(bins=2048)
+                 for n, _ in chain if n in needed}
     batches = range(0, calib_x.shape[0], batch_size)
     with torch.no_grad():
         for k in tqdm(batches, desc=f"calibrating ({method})", disable=not progress, leave=False):
@@ -297,11 +309,13 @@ def calibrate_activations(model: nn.Module, calib_x: torch.Tensor, method: str =
                 if not bool(torch.isfinite(out).all()):
                     raise ValueError(f"layer {name!r} produced NaN/inf activations on the calibration set; "
                                      "check the model's weights (and BatchNorm statistics).")
-                observers[name](out)
+                if name in observers:
+                    observers[name](out)
             ref = folded(x)
             if not torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * (1 + float(ref.abs().max()))):
                 raise ValueError("the model is not a plain chain of its layers (its forward() does something "
-                                 "else, e.g. a skip connection); the integer engine runs layers one after another.")
+                                 "else, e.g. a skip connection); the integer engine runs layers one after "
+                                 "another.")
     # Activations use the unsigned asymmetric grid [0, 2^b - 1] (uint8 at 8 bits).
     ranges = {n: tuple(float(v) for v in calibrate_range(obs, method, bits, symmetric=False, signed=False))
               for n, obs in observers.items()}
@@ -313,20 +327,33 @@ def calibrate_activations(model: nn.Module, calib_x: torch.Tensor, method: str =
 # ---------------------------------------------------------------------------------------------------
 
 
+def _quantization_points(chain) -> set:
+    """Names whose output convert() puts on a new grid: the input, and each Conv2d/Linear output (or the
+    output of the ReLU fused into it). Pooling, Flatten and unfused ReLUs keep their input's grid."""
+    chain = [(n, m) for n, m in chain if not isinstance(m, (nn.Identity, nn.Dropout)) or n == "input"]
+    points = {"input"}
+    for i, (name, m) in enumerate(chain):
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            fuse = i + 1 < len(chain) and isinstance(chain[i + 1][1], nn.ReLU)
+            points.add(chain[i + 1][0] if fuse else name)
+    return points
+
+
 def _act_qparams(r_min: float, r_max: float, bits: int, signed: bool, scale=1.0):
-    """(s, z, q_min, q_max) of an activation: asymmetric on [0, 2^b-1] (or signed), range widened by ``scale``."""
+    """(s, z, q_min, q_max) of an activation: asymmetric on [0, 2^b-1] (or signed), range times ``scale``."""
     q_min, q_max = qrange(bits, signed=signed)
     s, z = scale_zero_point(r_min * scale, r_max * scale, q_min, q_max)
     return float(s), int(z), q_min, q_max
 
 
 def convert(model: nn.Module, act_ranges: ActRanges, weight_bits: int = 8, act_bits: int | None = None,
-            granularity=PerChannel(0), act_signed: bool = False) -> IntModel:
+            granularity=None, act_signed: bool = False) -> IntModel:
     r"""Build the integer model: weights q_w (symmetric, narrow grid), biases q_b = round(b / (s_w s_x)) in
     int32, activations on asymmetric grids from ``act_ranges``, M = s_w s_x / s_y per layer or channel.
 
     Conv2d/Linear followed by ReLU are fused (the ReLU becomes the clamp to [z_y, q_max]); MaxPool2d,
     AvgPool2d and Flatten keep their input's (s, z). BatchNorm2d is folded into the Conv2d first.
+    granularity of the weights: PerChannel(0) (default, None) or PerTensor().
     act_bits defaults to ``act_ranges.bits``; activations are unsigned (uint8 at 8 bits) unless act_signed.
 
     Raises ValueError for an unsupported layer (listing supported ones), weight_bits outside 2..8, a
@@ -344,10 +371,12 @@ def convert(model: nn.Module, act_ranges: ActRanges, weight_bits: int = 8, act_b
         raise ValueError(f"act_ranges were chosen by {act_ranges.method!r} for {act_ranges.bits} bits; "
                          f"recalibrate with bits={act_bits} (only 'minmax' ranges do not depend on bits).")
     granularity = _check_granularity(granularity)
-    chain = [(n, m) for n, m in layer_chain(fold_batchnorm(model)) if not isinstance(m, (nn.Identity, nn.Dropout))]
-    missing = [n for n in ["input"] + [n for n, _ in chain] if n not in act_ranges.ranges]
+    chain = [(n, m) for n, m in layer_chain(fold_batchnorm(model))
+             if not isinstance(m, (nn.Identity, nn.Dropout))]
+    missing = sorted(n for n in _quantization_points(chain) if n not in act_ranges.ranges)
     if missing:
-        raise ValueError(f"act_ranges has no range for {missing}; calibrate this model with calibrate_activations.")
+        raise ValueError(f"act_ranges has no range for {missing}; calibrate this model with "
+                         "calibrate_activations.")
 
     cur = _act_qparams(*act_ranges.ranges["input"], act_bits, act_signed)
     input_qparams = cur
@@ -368,7 +397,8 @@ def convert(model: nn.Module, act_ranges: ActRanges, weight_bits: int = 8, act_b
             out = _act_qparams(*act_ranges.ranges[out_name], act_bits, act_signed)
             M_max = float(s_w.max()) * s_x / out[0]
             if M_max >= 1.0:  # output grid finer than one accumulator step: widen it so that M < 1
-                out = _act_qparams(*act_ranges.ranges[out_name], act_bits, act_signed, scale=M_max * (1 + 1e-6))
+                out = _act_qparams(*act_ranges.ranges[out_name], act_bits, act_signed,
+                                   scale=M_max * (1 + 1e-6))
             bias = m.bias.detach() if m.bias is not None else torch.zeros(c_out)
             q_b = quantize_bias(bias, s_w, s_x)
             common = dict(name=name, q_w=q_w, s_w=s_w, z_w=z_w, q_b=q_b, s_x=s_x, z_x=z_x, s_y=out[0],
@@ -385,6 +415,8 @@ def convert(model: nn.Module, act_ranges: ActRanges, weight_bits: int = 8, act_b
             continue
         if isinstance(m, nn.ReLU):
             layers.append(IntReLU(name, cur[1]))
+        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and _unusual_pool(m):
+            raise ValueError(f"{name}: pooling with ceil_mode, dilation or (avg) padding is not supported.")
         elif isinstance(m, nn.MaxPool2d):
             layers.append(IntMaxPool2d(name, _pair(m.kernel_size), _pair(m.stride or m.kernel_size),
                                        _pair(m.padding), cur[1]))
@@ -397,6 +429,12 @@ def convert(model: nn.Module, act_ranges: ActRanges, weight_bits: int = 8, act_b
                              "directly follow a Conv2d so it can be folded into it.")
         i += 1
     return IntModel(layers, input_qparams, cur, weight_bits, act_bits, granularity)
+
+
+def _unusual_pool(m) -> bool:
+    dilated = _pair(getattr(m, "dilation", 1)) != (1, 1)
+    padded_avg = isinstance(m, nn.AvgPool2d) and _pair(m.padding) != (0, 0)
+    return bool(m.ceil_mode or dilated or padded_avg)
 
 
 def _pair(v):

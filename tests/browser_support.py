@@ -406,23 +406,70 @@ _JS_CANVAS_PAINTED = """
 """
 
 
+# Timestamps (page clock) of the drag and of every paint of the watched canvas: ipympl paints a view
+# with drawImage(offscreen_canvas) on the visible canvas' 2d context.
+_JS_WATCH_DRAWS = """
+(i) => {
+  const c = document.querySelectorAll('.jupyter-matplotlib-canvas-div')[i].querySelector('canvas');
+  const ctx = c.getContext('2d');
+  window.__qlDraws = [];
+  if (!ctx.__qlWrapped) {
+    const orig = ctx.drawImage.bind(ctx);
+    ctx.drawImage = (...a) => { window.__qlDraws.push(performance.now()); return orig(...a); };
+    ctx.__qlWrapped = true;
+  }
+  window.__qlPointer = {};
+  document.addEventListener('pointerdown', () => { window.__qlPointer.down = performance.now(); },
+                            {capture: true, once: true});
+  document.addEventListener('pointerup', () => { window.__qlPointer.up = performance.now(); },
+                            {capture: true, once: true});
+  return true;
+}
+"""
+
+_JS_DRAW_TIMES = """
+() => {
+  const p = window.__qlPointer || {}, d = window.__qlDraws || [];
+  const after = d.filter(t => p.down !== undefined && t >= p.down);
+  return {
+    first_ms: after.length ? after[0] - p.down : null,
+    last_after_up_ms: (after.length && p.up !== undefined)
+      ? Math.max(0, after[after.length - 1] - p.up) : null,
+    drag_ms: (p.up !== undefined && p.down !== undefined) ? p.up - p.down : null,
+    n_draws: after.length,
+  };
+}
+"""
+
+
 @dataclass
 class Timings:
     open_s: float = 0.0
     kernel_s: float = 0.0
     run_all_s: float = 0.0
     widgets_s: float = 0.0
-    redraw_s: float = 0.0
+    redraw_s: float = 0.0  # pointer down -> first repaint of the figure (page clock)
+    settle_s: float = 0.0  # pointer up -> last repaint of the figure
+    drag_s: float = 0.0  # pointer down -> pointer up (the scripted drag itself)
+    n_draws: int = 0
     total_s: float = 0.0
 
     def __str__(self) -> str:
         return (
             f"open {self.open_s:.1f}s, kernel {self.kernel_s:.1f}s, run-all {self.run_all_s:.1f}s, "
-            f"widgets {self.widgets_s:.1f}s, drag-to-redraw {self.redraw_s * 1000:.0f}ms, "
+            f"widgets {self.widgets_s:.1f}s, drag-to-redraw {self.redraw_s * 1000:.0f}ms "
+            f"(drag {self.drag_s * 1000:.0f}ms, {self.n_draws} repaints, "
+            f"settled {self.settle_s * 1000:.0f}ms after release), "
             f"total {self.total_s:.1f}s"
         )
 
 
+# ipywidgets / ipympl front-end failures that leave a widget half-rendered (e.g. a 0x0 ipympl canvas
+# after "Error setting state: ... drawImage ... 'broken' state").
+_WIDGET_JS_ERROR = re.compile(
+    r"Error setting state|Could not create (a )?view|Error displaying widget|"
+    r"Failed to (create|render) (the )?(view|widget)"
+)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -498,6 +545,9 @@ class NotebookDriver:
         bad = self.page.evaluate(_JS_DOM_ERRORS)
         if bad:
             self.fail("error output in the page:\n" + "\n---\n".join(bad))
+        widget_js_errors = [m for m in self.console if _WIDGET_JS_ERROR.search(m)]
+        if widget_js_errors:
+            self.fail("widget front-end errors in the browser console:\n" + "\n".join(widget_js_errors[:10]))
         if not loading:
             self.fail(f"'Loading widget...' still shown after {WIDGETS_TIMEOUT_S:.0f} s")
         n_canvas = _poll(lambda: self.page.locator(".jupyter-matplotlib-canvas-div canvas").count(), 10)
@@ -533,6 +583,7 @@ class NotebookDriver:
         center = tbox["x"] + tbox["width"] / 2
         x1 = x0 + distance if x0 <= center else x0 - distance
         page.evaluate("() => { window.__qlKernelErrors = []; }")
+        page.evaluate(_JS_WATCH_DRAWS, canvas_i)
         page.mouse.move(x0, y0)
         page.mouse.down()
         page.mouse.move(x1, y0, steps=12)
@@ -543,13 +594,19 @@ class NotebookDriver:
             return page.evaluate(_JS_CANVAS_DATA, canvas_i) != before_img
 
         changed = _poll(redrawn, REDRAW_TIMEOUT_S, 0.02)
-        self.t.redraw_s = time.perf_counter() - t_up
+        t_changed = time.perf_counter() - t_up
         _poll(lambda: readout.inner_text().strip() != before_value, 2)
         after_value = readout.inner_text().strip()
         # Let the kernel settle (the last slider message's redraw) before the "after" screenshot.
         _poll(lambda: page.evaluate(_JS_KERNEL_IDLE), 5)
         self._stable_canvas(canvas_i)
         self.screenshot(".after_drag")
+        times = page.evaluate(_JS_DRAW_TIMES)
+        self.t.n_draws = times["n_draws"]
+        self.t.drag_s = (times["drag_ms"] or 0) / 1000
+        self.t.settle_s = (times["last_after_up_ms"] or 0) / 1000
+        # Fallback when the paint hook saw nothing (another ipympl version): release -> first change seen.
+        self.t.redraw_s = times["first_ms"] / 1000 if times["first_ms"] is not None else t_changed
         errors = page.evaluate("() => window.__qlKernelErrors")
         if errors:
             self.fail(

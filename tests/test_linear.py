@@ -304,7 +304,7 @@ def test_division_vs_inverse_scale_mismatch_fraction_is_tiny():
         assert frac <= bound, f"{name}: {frac:.2e} of levels differ, more than rounding ties explain"
 
 
-@FAST
+@settings(max_examples=40, deadline=None)
 @given(**_kernel_args)
 def test_fake_quantize_gradient_matches_torch_ste(bits, signed, log_s, z_frac, seed, n):
     s, z, q_min, q_max, _ = _s_z(bits, signed, log_s, z_frac)
@@ -502,7 +502,8 @@ def test_low_and_high_precision_inputs_round_like_float32(dtype):
     assert mismatches <= 20_000 * 2**-13  # only float32 ties
     fq = fake_quantize(r, s, z, q_min, q_max)
     assert fq.dtype == dtype
-    expected = (_f32(s) * (exact.double() - z)).to(dtype)
+    work = torch.promote_types(dtype, torch.float32)  # computed in float32 (float64 stays float64), then cast
+    expected = (torch.tensor(s, dtype=torch.float32).to(work) * (exact - z).to(work)).to(dtype)
     assert int((fq != expected).sum()) <= mismatches
 
 

@@ -58,7 +58,8 @@ def test_moving_average_matches_torch_ao():
 def test_per_channel_matches_torch_ao(axis):
     xs = batches(3)
     ours = feed(PerChannelMinMaxObserver(axis), xs)
-    ref = feed(tao.PerChannelMinMaxObserver(ch_axis=axis, dtype=torch.quint8, qscheme=torch.per_channel_affine), xs)
+    ref = tao.PerChannelMinMaxObserver(ch_axis=axis, dtype=torch.quint8, qscheme=torch.per_channel_affine)
+    ref = feed(ref, xs)
     torch.testing.assert_close(ours.min_val, ref.min_val)
     torch.testing.assert_close(ours.max_val, ref.max_val)
     s, z, *_ = ours.qparams(8)

@@ -35,7 +35,7 @@ def test_linear_explorer_moves_artists_without_new_figures():
 def test_linear_explorer_readout_matches_library():
     ex = LinearExplorer(n=5000, bits=4, symmetric=True)
     r = sample_data("gaussian", 5000)
-    s, z = ql.scale_zero_point(r.min(), r.max(), *ql.qrange(4))
+    s, z = ql.scale_zero_point(r.min(), r.max(), *ql.qrange(4), symmetric=True)
     assert f"{float(s):.4g}" in ex.readout.value
     r_hat = ql.fake_quantize(r, s, z, *ql.qrange(4))
     assert f"{ql.sqnr_db(r, r_hat):.1f} dB" in ex.readout.value
@@ -55,7 +55,7 @@ def test_linear_explorer_clip_saturates_and_every_dataset_runs():
 
 
 def test_granularity_explorer_outlier_hurts_per_tensor_only():
-    w = torch.randn(8, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    w = torch.randn(8, 16, 3, 3, generator=torch.Generator().manual_seed(0))
     ex = GranularityExplorer(w, bits=4)
     pt0 = ex.lines["per-tensor"].get_ydata().copy()
     pc0 = ex.lines["per-channel"].get_ydata().copy()

@@ -1,0 +1,201 @@
+r"""Lab 04 explorer: weight quantization vs full quantization of the trained CNN, side by side.
+
+Widgets: mode (weight-only / full), weight bits, activation bits, granularity (per-tensor /
+per-channel) and calibration-set size (1 ... 1,000 training images). The figure shows
+
+* accuracy vs weight bits: FP32, weight-only, and full quantization at the chosen activation bits,
+  granularity and calibration size (a marker shows the current setting);
+* one layer's integer pipeline under full quantization: the int8 input q_x, the int32 accumulator
+  acc = sum (q_w - z_w)(q_x - z_x) + q_b, and the requantized int8 output q_y = clip(z_y + M acc).
+
+Everything expensive (calibration, convert, the integer engine on the evaluation images, latency) is
+computed once in the constructor for every setting of the grid (:meth:`PTQExplorer.precompute`) and
+cached; an update only looks results up and moves artists (``set_data``), so it takes a few ms.
+Calibration sizes share one forward pass: min/max of the first n images is a running min/max.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..engine import run_int
+from ..granularity import PerChannel, PerTensor
+from ..models import evaluate, fold_batchnorm
+from ..ptq import ActRanges, convert, layer_chain, median_time, quantize_weights, state_size_bytes
+from ._base import Explorer, new_figure
+
+__all__ = ["prefix_minmax_ranges", "PTQExplorer"]
+
+GRANULARITIES = {"per-tensor": PerTensor(), "per-channel": PerChannel(0)}
+
+
+def prefix_minmax_ranges(model: nn.Module, x_calib: torch.Tensor, sizes) -> dict:
+    """{n: ActRanges} of min/max calibration on the first n images, for every n in ``sizes``, in one pass.
+
+    Equal to ``calibrate_activations(model, x_calib[:n], "minmax")`` for each n (tests check it): the
+    range of a prefix is the running min/max of per-image minima/maxima.
+    """
+    sizes = sorted(int(n) for n in sizes)
+    if not sizes or sizes[0] < 1 or sizes[-1] > len(x_calib):
+        raise ValueError(f"calibration sizes must lie in 1..{len(x_calib)}; got {sizes}.")
+    chain = [("input", nn.Identity())] + layer_chain(fold_batchnorm(model))
+    x = x_calib[: sizes[-1]]
+    lo, hi = {}, {}
+    with torch.no_grad():
+        out = x
+        for name, layer in chain:
+            out = layer(out)
+            flat = out.reshape(out.shape[0], -1)
+            lo[name] = torch.cummin(flat.amin(1), 0).values
+            hi[name] = torch.cummax(flat.amax(1), 0).values
+    return {n: ActRanges({k: (float(lo[k][n - 1]), float(hi[k][n - 1])) for k in lo}, "minmax", 8, n)
+            for n in sizes}
+
+
+def _int_hist(q: torch.Tensor, q_min: int, q_max: int):
+    """Fraction of values at each integer of [q_min, q_max]; edges at half-integers."""
+    counts = torch.bincount((q.flatten() - q_min).clamp(0, q_max - q_min), minlength=q_max - q_min + 1)
+    return (counts / counts.sum()).numpy(), np.arange(q_min, q_max + 2) - 0.5
+
+
+def _acc_hist(acc: torch.Tensor, bins: int = 80):
+    a = acc.flatten().double()
+    lo, hi = float(a.min()), float(a.max())
+    hi = hi if hi > lo else lo + 1
+    counts = torch.histc(a, bins, lo, hi)
+    return (counts / counts.sum()).numpy(), np.linspace(lo, hi, bins + 1)
+
+
+class PTQExplorer(Explorer):
+    """Weight-only vs full quantization of ``model``; see the module docstring.
+
+    Args: model (FP32, e.g. ``load_trained()``), x_test/y_test (evaluation images, the first ``n_eval``
+    are used), x_calib (training images for calibration, at least max(calib_sizes)), the grids of
+    weight bits, activation bits and calibration sizes, and ``layer`` (whose pipeline is drawn).
+    Attributes: ``results[(mode, w_bits, a_bits, granularity, n)]`` dicts with accuracy, size, latency.
+    """
+
+    def __init__(self, model, x_test, y_test, x_calib, weight_bits=(2, 4, 8), act_bits=(4, 8),
+                 calib_sizes=(1, 10, 100, 1000), n_eval: int = 200, layer: str = "conv2",
+                 progress: bool = True):
+        self.model = model.eval()
+        self.x, self.y = x_test[:n_eval], y_test[:n_eval]
+        self.weight_bits, self.act_bits = tuple(weight_bits), tuple(act_bits)
+        self.calib_sizes, self.layer = tuple(calib_sizes), layer
+        self.results: dict = {}
+        self.precompute(x_calib, progress)
+
+        self.fig, axes = new_figure(ncols=4, width=12.5, height=3.0)
+        self.ax_acc, self.ax_in, self.ax_accum, self.ax_out = axes
+        wb = list(self.weight_bits)
+        ax = self.ax_acc
+        (self.l_fp32,) = ax.plot(wb, [self.fp32["accuracy"]] * len(wb), "k--", lw=1, label="FP32")
+        (self.l_wo,) = ax.plot(wb, wb, "o-", label="weight-only")
+        (self.l_full,) = ax.plot(wb, wb, "s-", label="full W·A")
+        (self.l_cur,) = ax.plot([wb[-1]], [1.0], "o", ms=14, mfc="none", mec="red", mew=2, label="current")
+        ax.set(xlabel="weight bits", ylabel="test accuracy", xticks=wb, ylim=(0, 1.02))
+        self.legend = ax.legend(fontsize=7, loc="lower right")
+        self.steps = {}
+        panels = (("in", self.ax_in, "int input q_x"), ("acc", self.ax_accum, "int32 accumulator"),
+                  ("out", self.ax_out, "requantized q_y"))
+        for key, a, title in panels:
+            self.steps[key] = a.stairs([0.0], [0.0, 1.0], fill=True, alpha=0.7)
+            a.set_title(title, fontsize=9)
+            a.set_yticks([])
+        self.ax_in.set_ylabel(f"{layer}: share of values")
+
+        self.controls = {
+            "mode": _toggle(["weight-only", "full"], "full", "mode"),
+            "weight_bits": _sel(self.weight_bits, self.weight_bits[-1], "weight bits"),
+            "act_bits": _sel(self.act_bits, self.act_bits[-1], "act. bits"),
+            "granularity": _toggle(list(GRANULARITIES), "per-channel", "granularity"),
+            "calib": _sel(self.calib_sizes, self.calib_sizes[min(2, len(self.calib_sizes) - 1)], "calib. n"),
+        }
+        self._wire()
+
+    # -- the expensive part, once -----------------------------------------------------------------
+
+    def precompute(self, x_calib, progress: bool = True) -> None:
+        """Fill ``self.results`` for every setting of the grid (and measure latencies)."""
+        from tqdm.auto import tqdm
+
+        x, y = self.x, self.y
+        self.fp32 = {"accuracy": evaluate(self.model, x, y), "size": state_size_bytes(self.model),
+                     "latency": median_time(self.model, x, repeats=5)}
+        ranges = prefix_minmax_ranges(self.model, x_calib, self.calib_sizes)
+        folded = fold_batchnorm(self.model)
+        grid = list(itertools.product(self.weight_bits, self.act_bits, GRANULARITIES, self.calib_sizes))
+        engine_latency = None
+        for wb, gname in itertools.product(self.weight_bits, GRANULARITIES):
+            wq = quantize_weights(self.model, wb, GRANULARITIES[gname])
+            self.results[("weight-only", wb, None, gname, None)] = {
+                "accuracy": evaluate(wq, x, y), "size": wq.size_bytes(),
+                "latency": median_time(wq, x, repeats=3)}
+        for wb, ab, gname, n in tqdm(grid, desc="full quantization grid", disable=not progress, leave=False):
+            qm = convert(folded, ranges[n], wb, ab, GRANULARITIES[gname])
+            with torch.inference_mode():
+                logits, rec = run_int(qm, x, intermediates=True)
+            r = next(r for r in rec if r["name"] == self.layer)
+            layer = next(m for m in qm.layers if m.name == self.layer)
+            q_in_min, q_in_max = qm.input_qparams[2:] if rec[0] is r else (0, 2**ab - 1)
+            if engine_latency is None:
+                engine_latency = median_time(run_int, qm, x, repeats=3)
+            self.results[("full", wb, ab, gname, n)] = {
+                "accuracy": float((logits.argmax(1) == y).float().mean()),
+                "size": qm.size_bytes(packed=True), "latency": engine_latency,
+                "hist_in": _int_hist(r["q_in"], q_in_min, q_in_max),
+                "hist_acc": _acc_hist(r["acc"]),
+                "hist_out": _int_hist(r["q_out"], layer.q_min, layer.q_max),
+            }
+            del rec, r
+
+    # -- the cheap part, per widget change --------------------------------------------------------
+
+    def key(self, mode=None, wb=None):
+        c = {k: w.value for k, w in self.controls.items()}
+        mode = mode or c["mode"]
+        wb = wb or c["weight_bits"]
+        if mode == "weight-only":
+            return ("weight-only", wb, None, c["granularity"], None)
+        return ("full", wb, c["act_bits"], c["granularity"], c["calib"])
+
+    def update(self) -> None:
+        wb_all = self.weight_bits
+        self.l_wo.set_ydata([self.results[self.key("weight-only", b)]["accuracy"] for b in wb_all])
+        self.l_full.set_ydata([self.results[self.key("full", b)]["accuracy"] for b in wb_all])
+        c = {k: w.value for k, w in self.controls.items()}
+        res = self.results[self.key()]
+        self.l_cur.set_data([c["weight_bits"]], [res["accuracy"]])
+        self.legend.get_texts()[2].set_text(f"full W·A{c['act_bits']}, {c['calib']} calib. images")
+        full = self.results[self.key("full")]
+        for key, ax, name in (("in", self.ax_in, "hist_in"), ("acc", self.ax_accum, "hist_acc"),
+                              ("out", self.ax_out, "hist_out")):
+            values, edges = full[name]
+            self.steps[key].set_data(values, edges)
+            ax.set_xlim(edges[0], edges[-1])
+            ax.set_ylim(0, max(float(values.max()), 1e-9) * 1.05)
+        fp = self.fp32
+        self.readout_table({
+            "mode": c["mode"],
+            "accuracy": f"{res['accuracy']:.3f} (FP32 {fp['accuracy']:.3f})",
+            "size": f"{res['size'] / 1024:.1f} KiB ({fp['size'] / res['size']:.1f}x smaller)",
+            "latency": f"{res['latency'] * 1e3:.1f} ms (FP32 {fp['latency'] * 1e3:.1f}), {len(self.x)} imgs",
+        })
+
+
+def _toggle(options, value, description):
+    import ipywidgets as widgets
+
+    return widgets.ToggleButtons(options=options, value=value, description=description,
+                                 style={"button_width": "90px"})
+
+
+def _sel(options, value, description):
+    import ipywidgets as widgets
+
+    return widgets.SelectionSlider(options=list(options), value=value, description=description,
+                                   continuous_update=True)
