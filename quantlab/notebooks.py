@@ -64,7 +64,8 @@ def refresh(path: str | Path, timeout: int = 300) -> None:
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    resources = {"metadata": {"path": str(path.parent)}}
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources=resources).execute()
     nbformat.write(clean(nb), path)
 
 

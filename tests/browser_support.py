@@ -85,6 +85,9 @@ c.MultiKernelManager.default_kernel_name = "python3"
 _SETTINGS = {
     "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False},
     "@jupyterlab/docmanager-extension:plugin": {"autosave": False},
+    # JupyterLab 4's default ("contentVisibility") skips rendering off-screen cells: a widget further
+    # down than the last executed cell was never rendered, so no slider was found. Render every cell.
+    "@jupyterlab/notebook-extension:tracker": {"windowingMode": "none"},
 }
 
 

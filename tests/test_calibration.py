@@ -383,3 +383,26 @@ def test_model_hooks_fake_quantize_relu_outputs():
     torch.testing.assert_close(seen["in"], fake_quantize(acts["1"], p.s, p.z, p.q_min, p.q_max))
     model(x)
     assert len(torch.unique(seen["in"])) > 4  # hooks removed on exit
+
+
+def test_explorer_moves_artists_in_place_without_new_figures():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from quantlab.viz.calibration import CalibrationExplorer, demo_activations
+
+    ex = CalibrationExplorer(demo_activations(n=20_000))
+    n_figs = len(plt.get_fignums())
+    before = ex.h_q.get_data().values.copy()
+    ex.controls["threshold"].value = 0.2
+    after = ex.h_q.get_data().values
+    assert before.shape != after.shape or not np.array_equal(before, after)
+    for name, value in (("bits", 4), ("mode", "asymmetric"), ("range", (0.1, 0.6)),
+                        ("layer", "signed, with outliers"), ("mode", "symmetric")):
+        ex.controls[name].value = value
+    assert len(plt.get_fignums()) == n_figs and ex.n_updates >= 7
+    assert "nan" not in ex.readout.value.lower() and "inf" not in ex.readout.value.lower()
+    for m, line in ex.curves.items():
+        assert np.isfinite(line.get_ydata()).all(), m

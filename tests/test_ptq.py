@@ -226,3 +226,40 @@ def test_trained_cnn_w8a8_within_one_percent(trained):
         assert acc_int >= acc_fp32 - 0.01, (g, acc_int, acc_fp32)
     acc_w8 = evaluate(quantize_weights(model, 8), x, y)
     assert abs(acc_w8 - acc_fp32) <= 0.005
+
+
+# --- the lab's explorer (quantlab/viz/ptq.py) -----------------------------------------------------
+
+
+def test_prefix_ranges_equal_calibrate_activations(random_cnn, xs):
+    from quantlab.viz.ptq import prefix_minmax_ranges
+
+    pre = prefix_minmax_ranges(random_cnn, xs, (1, 7, 64))
+    for n in (1, 7, 64):
+        ref = calibrate_activations(random_cnn, xs[:n]).ranges
+        assert pre[n].ranges.keys() == ref.keys()
+        for k in ref:
+            assert pre[n].ranges[k] == pytest.approx(ref[k], abs=1e-6)
+
+
+def test_explorer_updates_in_place_from_cache(random_cnn, xs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from quantlab.viz.ptq import PTQExplorer
+
+    y = torch.randint(0, 10, (len(xs),), generator=torch.Generator().manual_seed(0))
+    ex = PTQExplorer(random_cnn, xs, y, xs, weight_bits=(2, 8), act_bits=(4, 8), calib_sizes=(64,),
+                     n_eval=32, progress=False)
+    assert len(ex.results) == 2 * 2 + 2 * 2 * 2  # weight-only (bits x gran) + full grid
+    n_figs, n_results = len(matplotlib.pyplot.get_fignums()), len(ex.results)
+    before = ex.steps["out"].get_data().values.copy()
+    ex.controls["act_bits"].value = 4
+    after = ex.steps["out"].get_data().values
+    assert len(after) == 16 and len(before) == 256  # the output histogram moved to the 4-bit grid
+    ex.controls["mode"].value = "weight-only"
+    ex.controls["weight_bits"].value = 2
+    assert ex.n_updates == 4
+    assert len(matplotlib.pyplot.get_fignums()) == n_figs and len(ex.results) == n_results  # nothing new
+    res = ex.results[("weight-only", 2, None, "per-channel", None)]
+    assert ex.l_cur.get_ydata()[0] == res["accuracy"]

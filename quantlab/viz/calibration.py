@@ -80,7 +80,7 @@ class CalibrationExplorer(Explorer):
             "range": widgets.FloatRangeSlider(value=(0.0, 0.5), min=0.0, max=1.0, step=0.002,
                                               description="range", readout_format=".3f"),
         }
-        self.fig, (self.ax_p, self.ax_d) = new_figure(1, 2, width=9.5, height=5.6)
+        self.fig, (self.ax_p, self.ax_d) = new_figure(1, 2, width=9.5, height=5.0)
         self.ax_p.set_title("P_f (grey), clipped P and Q_q")
         self.ax_d.set_title("D(P || Q_q) against the clip threshold")
         one, edges = np.ones(1), np.array([0.0, 1.0])
@@ -103,6 +103,9 @@ class CalibrationExplorer(Explorer):
                                  self.ax_d.axvline(0, color=color, ls="--", lw=1, label=name))
         self.cur = (self.ax_p.axvline(0, color="k", lw=1.2), self.ax_d.axvline(0, color="k", lw=1.2))
         self.ax_d.legend(loc="upper right", fontsize=8, ncol=2)
+        # artists that update() moves: redrawn by blitting while the axis limits stay put (see _base)
+        self.animated = [self.h_f, self.h_p, self.h_q, *self.curves.values(), *self.dots.values(),
+                         *(ln for pair in self.vlines.values() for ln in pair), *self.cur]
         self._wire()
 
     # ----------------------------------------------------------------------------------------- cache
@@ -123,8 +126,8 @@ class CalibrationExplorer(Explorer):
             grid_signed = False
         marks = {}
         for method in MARKERS:  # from the histogram of x: percentile by inverse CDF, MSE on bin centres
-            lo, hi = calibrate_range(hist_x, method, bits, symmetric=symmetric, signed=grid_signed, pct=self.pct,
-                                     bins=self.bins)
+            lo, hi = calibrate_range(hist_x, method, bits, symmetric=symmetric, signed=grid_signed,
+                                     pct=self.pct, bins=self.bins)
             marks[method] = hi
         z0 = int(np.clip(np.searchsorted(e, 0.0, side="right") - 1, 0, h.size - 1))
         d = {"h": h, "e": e, "n": n, "p_f": h / h.sum(), "marks": marks, "z0": z0, "signed": grid_signed,
@@ -167,9 +170,8 @@ class CalibrationExplorer(Explorer):
         self.h_p.set_data(np.maximum(Pn, FLOOR), e[a:b + 1])
         self.h_q.set_data(np.maximum(Qn, FLOOR), e[a:b + 1])
         self.ax_p.set_xlim(e[0], e[-1])
-        self.ax_p.set_ylim(FLOOR * 0.5, max(Pn.max(), d["p_f"].max()) * 2)
+        self.ax_p.set_ylim(FLOOR * 0.5, 2.0)  # fixed: a threshold drag never changes the limits (blit path)
         r_max_grid, curves = self._curves(d, a)
-        ymin, ymax = np.inf, 0.0
         vals = {}
         for m in METRICS:
             y = np.maximum(curves[m], 1e-12)
@@ -177,9 +179,8 @@ class CalibrationExplorer(Explorer):
             vals[m] = (kl_divergence if m == "kl" else symmetric_kl if m == "symmetric_kl" else _js)(
                 P, Q if Q.sum() > 0 else np.full_like(P, FLOOR))
             self.dots[m].set_data([e[b]], [max(vals[m], 1e-12)])
-            ymin, ymax = min(ymin, y.min()), max(ymax, y.max())
         self.ax_d.set_xlim(e[0] if not sym else 0.0, e[-1])
-        self.ax_d.set_ylim(ymin / 2, ymax * 2)
+        self.ax_d.set_ylim(1e-6, 20.0)  # fixed decades: changing bits or threshold keeps the blit path
         for name, (l1, l2) in self.vlines.items():
             t = d["marks"][name]
             l1.set_xdata([t, t])

@@ -94,6 +94,10 @@ class GranularityExplorer(Explorer):
         self.ax_q.set_ylabel("SQNR (dB)")
         self.ax_q.set_title("SQNR of each channel")
         self.ax_q.legend(loc="lower left", fontsize=8)
+        self.ax_q.set_ylim(-3, 60)  # fixed: a bits/channel change only blits the lines
+        for ax in (self.ax_r, self.ax_q):
+            ax.tick_params(labelsize=8)
+        self.animated = [self.ranges, self.t_lo, self.t_hi, *self.lines.values()]
         self._wire()
 
     def weight(self) -> torch.Tensor:
@@ -111,15 +115,11 @@ class GranularityExplorer(Explorer):
         self.t_lo.set_ydata([lo.min()] * 2)
         self.t_hi.set_ydata([hi.max()] * 2)
         pad = 0.05 * (hi.max() - lo.min())
-        self.ax_r.set_ylim(lo.min() - pad, hi.max() + pad)
+        self.ax_r.set_ylim(float(lo.min() - pad), float(hi.max() + pad))
         summary = {}
-        all_sq = []
         for name, g in GRANULARITIES.items():
             p = choose_qparams(w, bits, g, symmetric=True, narrow=True)
             sq = per_channel_sqnr(w, fake_quantize(w, p.s, p.z, p.q_min, p.q_max)).clamp(max=99.0).numpy()
             self.lines[name].set_ydata(sq)
-            all_sq.append(sq)
             summary[name] = f"{sq.mean():.1f} dB ({p.n_params} × (s,z))"
-        lo_db, hi_db = float(np.min(all_sq)), float(np.max(all_sq))
-        self.ax_q.set_ylim(min(lo_db, 0.0) - 2, hi_db + 5)
         self.readout_table(summary)

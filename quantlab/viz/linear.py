@@ -6,7 +6,7 @@ import ipywidgets as widgets
 import numpy as np
 import torch
 from matplotlib.collections import LineCollection
-from matplotlib.ticker import NullLocator
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 from ..linear import fake_quantize, qrange, scale_zero_point
 from ..metrics import compression_ratio
@@ -72,7 +72,11 @@ class LinearExplorer(Explorer):
         self.fig, (self.ax_h, self.ax_s, self.ax_e) = new_figure(3, 1, width=10.5, height=3.1)
         self.ax_h.set_title("histogram of r and the grid")
         self.ax_s.set_title("r  ->  r_hat = s(q - z)")
-        self.ax_e.set_title("error r_hat - r")
+        self.ax_e.set_title("error (r_hat - r) / s")
+        self.ax_e.axhspan(-0.5, 0.5, color="C2", alpha=0.12, lw=0)
+        self.ax_e.text(0.02, 0.04, "rounding: |error| <= s/2 (green); beyond the grid: clipping",
+                       transform=self.ax_e.transAxes, fontsize=7)
+        self.ax_e.set_ylim(-2.0, 2.0)
         self.h_r = self.ax_h.stairs(np.ones(1), np.array([0.0, 1.0]), fill=True, alpha=0.45, label="r")
         self.h_q = self.ax_h.stairs(np.ones(1), np.array([0.0, 1.0]), color="C3", lw=1.2, label="r_hat")
         self.grid = LineCollection([], colors="0.3", linewidths=0.5, alpha=0.5)
@@ -86,6 +90,10 @@ class LinearExplorer(Explorer):
         (self.ident,) = self.ax_s.plot([], [], color="0.6", lw=0.8, ls=":")
         (self.err,) = self.ax_e.plot([], [], color="C1", lw=0.9)
         self.note = self.ax_h.text(0.02, 0.95, "", transform=self.ax_h.transAxes, fontsize=8, va="top")
+        for ax in (self.ax_h, self.ax_s, self.ax_e):
+            ax.xaxis.set_major_locator(MaxNLocator(5))
+            ax.tick_params(labelsize=8)
+        self.animated = [self.h_q, self.grid, self.clip_lo, self.clip_hi, self.stair, self.err, self.note]
         self._wire()
 
     def _data(self, name: str):
@@ -121,11 +129,17 @@ class LinearExplorer(Explorer):
         s, z, q_min, q_max = self.params()
         r_hat = fake_quantize(r, s, z, q_min, q_max)
         counts_hat, _ = np.histogram(r_hat.numpy(), edges)
-        ymax = max(counts.max(), counts_hat.max()) * 2
-        self.h_r.set_data(np.maximum(counts, 0.5), edges)
+        ymax = 2.0 * len(r_np)  # fixed per dataset, so most updates only blit the moving artists
+        if getattr(self, "_shown", None) != c["data"].value:
+            self._shown = c["data"].value
+            self.h_r.set_data(np.maximum(counts, 0.5), edges)
+            self.ax_h.set_xlim(edges[0], edges[-1])
+            self.ax_h.set_ylim(0.7, ymax)
+            self.ax_s.set_xlim(edges[0], edges[-1])
+            self.ax_s.set_ylim(edges[0], edges[-1])
+            self.ax_e.set_xlim(edges[0], edges[-1])
+            self.ident.set_data(xs.numpy(), xs.numpy())
         self.h_q.set_data(np.maximum(counts_hat, 0.5), edges)
-        self.ax_h.set_xlim(edges[0], edges[-1])
-        self.ax_h.set_ylim(0.7, ymax)
         sf, zi = float(s), int(z)
         levels = sf * (np.arange(q_min, q_max + 1) - zi)
         if len(levels) <= 64:
@@ -139,14 +153,7 @@ class LinearExplorer(Explorer):
         ys = fake_quantize(xs, s, z, q_min, q_max)
         x = xs.numpy()
         self.stair.set_data(x, ys.numpy())
-        self.ident.set_data(x, x)
-        self.ax_s.set_xlim(x[0], x[-1])
-        self.ax_s.set_ylim(x[0], x[-1])
-        e = (ys - xs).numpy()
-        self.err.set_data(x, e)
-        self.ax_e.set_xlim(x[0], x[-1])
-        emax = max(float(np.abs(e).max()), 1e-12) * 1.1
-        self.ax_e.set_ylim(-emax, emax)
+        self.err.set_data(x, (ys - xs).numpy() / sf)
         err = r_hat.numpy() - r_np
         noise = float(np.dot(err, err))
         sq = "∞ dB" if noise == 0 else f"{10 * np.log10(signal / noise):.1f} dB"
