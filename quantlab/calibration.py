@@ -108,8 +108,8 @@ def kl_divergence(p, q):
     Shapes: p, q (n,) -> float; or (..., n) -> array (..., ) (one divergence per row).
     Raises ValueError for different shapes, empty, NaN/inf, negative counts or an all-zero histogram.
 
-    >>> kl_divergence([1, 1], [1, 3])        # 0.5 log(0.5/0.25) + 0.5 log(0.5/0.75)
-    0.14384103622589045
+    >>> round(kl_divergence([1, 1], [1, 3]), 6)   # 0.5 log(0.5/0.25) + 0.5 log(0.5/0.75)
+    0.143841
     """
     p, q = _pair(p, q)
     return _reduce(_kl_terms(p, q).sum(-1))
@@ -197,7 +197,7 @@ def histogram(x, bins: int = 2048, absolute: bool = False) -> tuple[np.ndarray, 
     threshold search keeps the whole value). Raises ValueError for empty x, NaN/inf, bins < 1.
 
     >>> hist, edges = histogram(torch.randn(10_000), bins=2048, absolute=True)
-    >>> hist.sum(), edges[0]
+    >>> float(hist.sum()), float(edges[0])
     (10000.0, 0.0)
     """
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
@@ -225,7 +225,7 @@ def abs_histogram(hist, bin_edges, bins: int | None = None) -> tuple[np.ndarray,
     Shapes: hist (n,), bin_edges (n+1,) -> ((bins or n,), (bins+1,)).
 
     >>> h, e = abs_histogram(*histogram(torch.randn(1000)))
-    >>> e[0], h.sum()
+    >>> float(e[0]), float(h.sum())
     (0.0, 1000.0)
     """
     hist, edges = _check_hist_edges(hist, bin_edges)
@@ -456,8 +456,8 @@ def kl_threshold(hist, bin_edges, bits: int = 8, signed: bool = True, metric: st
     index, thresholds (N-n_levels+1,), divergences (same shape)).
     Raises ValueError for N < n_levels, edges that do not start at >= 0, bad bits/metric, histogram errors.
 
-    >>> res = kl_threshold(*histogram(torch.randn(100_000), absolute=True), bits=8)
-    >>> 2.5 < res.threshold < 4.5
+    >>> x = torch.randn(100_000, generator=torch.Generator().manual_seed(0))
+    >>> 3.0 < kl_threshold(*histogram(x, absolute=True), bits=8).threshold < 5.0
     True
     """
     h, e = _check_hist_edges(hist, bin_edges)
@@ -585,8 +585,8 @@ def percentile_range(source, pct: float = 99.99, symmetric: bool = False) -> tup
     HistogramObserver (inverse CDF, uniform within bins).
     Raises ValueError for pct outside (50, 100], empty data, NaN/inf.
 
-    >>> percentile_range(torch.arange(1001.0), 99.0)
-    (10.0, 990.0)
+    >>> [round(v, 6) for v in percentile_range(torch.arange(1001.0), 99.0)]
+    [10.0, 990.0]
     """
     pct = float(pct)
     if not 50.0 < pct <= 100.0:
@@ -759,7 +759,7 @@ def calibrate(source, method: str = "kl", bits: int = 8, symmetric: bool = False
 def collect_activations(model: torch.nn.Module, x: torch.Tensor, layer_type=torch.nn.ReLU) -> dict:
     """Run x through the model once; return {layer name: its output} for every ``layer_type`` module.
 
-    >>> acts = collect_activations(load_trained(), calibration_batch(64))   # {"relu1": ..., ...}
+    >>> acts = collect_activations(load_trained(), calibration_batch(64))  # doctest: +SKIP
     """
     acts, handles = {}, []
     for name, mod in model.named_modules():
@@ -781,7 +781,7 @@ def calibrate_model(acts: dict, method: str = "kl", bits: int = 8, **kw) -> dict
     Post-ReLU data is non-negative, so the default here is symmetric=True, signed=False: unsigned grid,
     z = 0, range [0, T].
 
-    >>> qp = calibrate_model(collect_activations(model, x_cal), "kl", bits=8)
+    >>> qp = calibrate_model(collect_activations(model, x_cal), "kl", bits=8)  # doctest: +SKIP
     """
     kw = {"symmetric": True, "signed": False, **kw}
     return {name: calibrate(a, method, bits, **kw) for name, a in acts.items()}
@@ -791,7 +791,7 @@ def calibrate_model(acts: dict, method: str = "kl", bits: int = 8, **kw) -> dict
 def fake_quantize_activations(model: torch.nn.Module, qparams: dict):
     """Inside the ``with`` block, each named module's output becomes fake_quantize(out, s, z, q_min, q_max).
 
-    >>> with fake_quantize_activations(model, calibrate_model(acts, "kl", 4)):
+    >>> with fake_quantize_activations(model, calibrate_model(acts, "kl", 4)):  # doctest: +SKIP
     ...     acc = evaluate(model, x_test, y_test)
     """
     from .linear import fake_quantize

@@ -89,7 +89,7 @@ class _RangeObserver:
         signed defaults to ``symmetric`` (asymmetric uses the unsigned grid 0..2^b-1, like torch.quint8).
         Raises RuntimeError before any data, ValueError for a bad bit-width.
 
-        >>> obs = MinMaxObserver(); obs(torch.tensor([-1.0, 3.0]))
+        >>> obs = MinMaxObserver(); obs.update(torch.tensor([-1.0, 3.0]))
         >>> obs.qparams(8).z      # s = 4/255, z = round(1/s) = 64
         tensor(64)
         """
@@ -103,7 +103,7 @@ class MinMaxObserver(_RangeObserver):
     Shapes: any batch shape; ``min_val``/``max_val`` are 0-d float32 tensors.
     Raises ValueError for an empty batch or NaN/inf (the message names ``x``).
 
-    >>> obs = MinMaxObserver(); obs(torch.randn(64, 10)); obs(torch.randn(64, 10))
+    >>> obs = MinMaxObserver(); obs.update(torch.randn(64, 10)); obs.update(torch.randn(64, 10))
     >>> s, z, q_min, q_max = obs.qparams(8)
     """
 
@@ -123,7 +123,7 @@ class MovingAverageMinMaxObserver(_RangeObserver):
     first batch: r_min = min(x);  later: r_min <- r_min + c (min(x) - r_min),  same for r_max,
     c = averaging_constant.
 
-    >>> obs = MovingAverageMinMaxObserver(0.01); obs(torch.randn(64, 10))
+    >>> obs = MovingAverageMinMaxObserver(0.01); obs.update(torch.randn(64, 10))
     >>> s, z, q_min, q_max = obs.qparams(8)
     """
 
@@ -153,7 +153,7 @@ class PerChannelMinMaxObserver(_RangeObserver):
     (size C along ``axis``, 1 elsewhere), so ``quantlab.quantize(x, s, z, q_min, q_max)`` works directly.
     Raises ValueError when the channel count or number of dimensions changes between batches.
 
-    >>> obs = PerChannelMinMaxObserver(axis=1); obs(torch.randn(8, 16, 5, 5))
+    >>> obs = PerChannelMinMaxObserver(axis=1); obs.update(torch.randn(8, 16, 5, 5))
     >>> obs.qparams(8, symmetric=True).s.shape
     torch.Size([1, 16, 1, 1])
     """
@@ -236,7 +236,7 @@ class HistogramObserver(_RangeObserver):
     ``n_seen``. ``qparams`` uses min/max; :func:`quantlab.calibration.calibrate` (observer, "kl", ...)
     runs the searches.
 
-    >>> obs = HistogramObserver(bins=2048); obs(torch.randn(1000)); obs(3 * torch.randn(1000))
+    >>> obs = HistogramObserver(bins=2048); obs.update(torch.randn(1000)); obs.update(3 * torch.randn(1000))
     >>> hist, edges = obs.histogram(); int(hist.sum())
     2000
     """

@@ -378,7 +378,7 @@ _JS_LOADING_WIDGETS = """
 # the rubber-band canvas; the figure is the first one.
 _JS_CANVAS_AFTER_SLIDER = """
 () => {
-  const slider = document.querySelector('.jupyter-widgets.widget-slider');
+  const slider = document.querySelector('.widget-slider');
   if (!slider) return -1;
   const canvases = Array.from(document.querySelectorAll('.jupyter-matplotlib-canvas-div'))
                         .map(d => d.querySelector('canvas'));
@@ -556,13 +556,13 @@ class NotebookDriver:
         n_canvas = _poll(lambda: self.page.locator(".jupyter-matplotlib-canvas-div canvas").count(), 10)
         if not n_canvas:
             self.fail("no ipympl canvas (.jupyter-matplotlib-canvas-div canvas) rendered")
-        if not self.page.locator(".jupyter-widgets.widget-slider .noUi-target").count():
+        if not self.page.locator(".widget-slider .noUi-target").count():
             self.fail("no ipywidgets slider (.widget-slider .noUi-target) rendered")
         self.t.widgets_s = time.perf_counter() - t0
 
     def drag_first_slider(self) -> dict:
         page = self.page
-        slider = page.locator(".jupyter-widgets.widget-slider").first
+        slider = page.locator(".widget-slider").first
         target = slider.locator(".noUi-target").first
         handle = target.locator(".noUi-handle").first
         readout = slider.locator(".widget-readout").first

@@ -93,11 +93,11 @@ def test_histogram_merge_when_range_grows():
     assert (hist >= 0).all()
     assert edges[0] == allx.min() and edges[-1] == allx.max()
     ref = np.histogram(allx, bins=edges)[0]
-    # re-binning spreads each old bin over the new bins it overlaps: the CDFs differ by less than a few
-    # old bins' worth of mass (each old bin holds < 1% of the data here), never more
+    # re-binning spreads each old bin over the new bins it overlaps, so mass moves by less than one old bin
+    # per re-binning: the CDFs stay within 1e-3 of the total (measured: 1.1e-4), bin counts within 5 % in L1
     cdf_diff = np.abs(np.cumsum(hist) - np.cumsum(ref)) / allx.size
-    assert cdf_diff.max() < 5e-3
-    assert np.abs(hist - ref).sum() / allx.size < 0.1
+    assert cdf_diff.max() < 1e-3
+    assert np.abs(hist - ref).sum() / allx.size < 0.05
 
 
 def test_rebin_conserves_mass_and_matches_uniform_spread():

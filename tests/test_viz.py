@@ -84,3 +84,14 @@ def test_outlier_channel_keeps_the_fp32_function():
     assert torch.allclose(model.conv2.weight[3] * 20, m.conv2.weight[3])
     with torch.no_grad():
         torch.testing.assert_close(m(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_linear_explorer_blits_unless_the_axes_change():
+    ex = LinearExplorer(n=5000)
+    full = ex.n_full_draws
+    for b in (2, 3, 4):
+        ex.controls["bits"].value = b
+    ex.controls["clip"].value = 0.5
+    assert ex.n_full_draws == full  # only the moving artists were redrawn
+    ex.controls["data"].value = "outlier"  # new x-range: one full redraw
+    assert ex.n_full_draws == full + 1
