@@ -389,6 +389,20 @@ _JS_CANVAS_AFTER_SLIDER = """
 }
 """
 
+_JS_CANVAS_SIZES = """
+() => Array.from(document.querySelectorAll('.jupyter-matplotlib-canvas-div'))
+        .map(d => d.querySelector('canvas')).map(c => [c ? c.width : 0, c ? c.height : 0])
+"""
+
+_JS_SCROLL_TO_CANVAS = """
+(i) => {
+  const d = document.querySelectorAll('.jupyter-matplotlib-canvas-div')[i];
+  const cell = d && d.closest('.jp-Cell');
+  if (cell) cell.scrollIntoView({block: 'start'});
+  return !!cell;
+}
+"""
+
 _JS_CANVAS_DATA = """
 (i) => {
   const div = document.querySelectorAll('.jupyter-matplotlib-canvas-div')[i];
@@ -550,7 +564,15 @@ class NotebookDriver:
             self.fail("error output in the page:\n" + "\n---\n".join(bad))
         widget_js_errors = [m for m in self.console if _WIDGET_JS_ERROR.search(m)]
         if widget_js_errors:
-            self.fail("widget front-end errors in the browser console:\n" + "\n".join(widget_js_errors[:10]))
+            sizes = self.page.evaluate(_JS_CANVAS_SIZES)
+            empty = [i for i, (w, h) in enumerate(sizes) if not (w and h)]
+            if empty:  # show the broken figure in the failure screenshot
+                self.page.evaluate(_JS_SCROLL_TO_CANVAS, empty[0])
+            self.fail(
+                "widget front-end errors in the browser console:\n"
+                + "\n".join(widget_js_errors[:10])
+                + f"\nipympl canvas sizes (w, h) in page order: {sizes}; 0x0 (never shown): {empty}"
+            )
         if not loading:
             self.fail(f"'Loading widget...' still shown after {WIDGETS_TIMEOUT_S:.0f} s")
         n_canvas = _poll(lambda: self.page.locator(".jupyter-matplotlib-canvas-div canvas").count(), 10)
@@ -651,8 +673,7 @@ class NotebookDriver:
         shot = self.screenshot(".failed")
         extra = "\n".join(self.console[-10:])
         pytest.fail(
-            f"{self.rel_path}: {msg}\nscreenshot: {shot}"
-            + (f"\nbrowser console errors:\n{extra}" if extra else ""),
+            f"{self.rel_path}: {msg}\nscreenshot: {shot}" + (f"\nbrowser console errors:\n{extra}" if extra else ""),
             pytrace=False,
         )
 

@@ -86,8 +86,7 @@ def _exercise(page, server: LabServer, rel_path: str, name: str) -> NotebookDriv
     nb = NotebookDriver(page, server, rel_path, SHOTS, name)
     nb.open()
     assert Path(nb.kernel_prefix).resolve() == Path(sys.prefix).resolve(), (
-        f"kernel {nb.kernel_name!r} runs python from {nb.kernel_prefix!r}, "
-        f"not the project venv {sys.prefix!r}"
+        f"kernel {nb.kernel_name!r} runs python from {nb.kernel_prefix!r}, not the project venv {sys.prefix!r}"
     )
     nb.run_all()
     nb.check_outputs()

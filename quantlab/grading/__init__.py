@@ -6,8 +6,8 @@ In a lab, right after an exercise cell::
     check(quantize)          # prints ✔/✘ per case, the first failure with a hint; returns a CheckResult
 
 Registered exercises (id = function name): lab 01 ``quantize``, ``dequantize``, ``asymmetric_params``,
-``symmetric_params``; lab 02 ``per_channel_minmax``, ``per_channel_scale``; lab 05 ``kl_divergence``,
-``quantize_histogram``, ``requant_multiplier``.
+``symmetric_params``; lab 02 ``per_channel_minmax``, ``per_channel_scale``; lab 04 ``requant_multiplier``;
+lab 05 ``kl_divergence``, ``quantize_histogram``.
 """
 
 from . import checks_calibration, checks_engine, checks_granularity, checks_linear  # noqa: F401 - registers
@@ -27,7 +27,7 @@ from .core import (
     run_exercise,
 )
 
-# Registry in lab order (01, 02, 05), then definition order within a lab.
+# Registry in lab order (01, 02, 04, 05), then definition order within a lab.
 _ordered = sorted(REGISTRY.items(), key=lambda kv: kv[1].lab)
 REGISTRY.clear()
 REGISTRY.update(_ordered)
@@ -40,7 +40,7 @@ __all__ = [
 
 
 def exercises_of_lab(lab: str) -> list[str]:
-    """Exercise ids of one lab ("01", "02", "05"), in registration order.
+    """Exercise ids of one lab ("01", "02", "04", "05"), in registration order.
 
     >>> exercises_of_lab("02")
     ['per_channel_minmax', 'per_channel_scale']

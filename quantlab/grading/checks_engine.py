@@ -1,4 +1,4 @@
-r"""Integer-engine check: requant_multiplier (listed with lab 05's exercises).
+r"""Integer-engine check: requant_multiplier (lab 04, the integer pipeline).
 
 Reference written here from CONTRIBUTING.md: for 0 < M < 1, M ≈ M0 * 2^-n with integers
 2^30 <= M0 < 2^31, n >= 0 and M0 = round(M * 2^n) for the largest such n.
@@ -56,7 +56,7 @@ def _mutant_trunc(M):
 
 
 register(Exercise(
-    id="requant_multiplier", lab="05", points=2, reference=requant_multiplier_reference, make_cases=_cases,
+    id="requant_multiplier", lab="04", points=2, reference=requant_multiplier_reference, make_cases=_cases,
     compare=_cmp,
     diagnoses=[
         Diagnosis("M0 overflowed: it must stay below 2^31 (it is an int32 multiplier). When round(M * 2^n) "

@@ -59,7 +59,8 @@ class Explorer:
     Redraws use blitting (the matplotlib "BlitManager" pattern): a full draw caches the background —
     axes, ticks, labels — without the animated artists; an update whose axis limits did not change
     restores that background and redraws only the animated artists, then ``canvas.blit()`` (ipympl sends
-    just the changed pixels). A change of axis limits falls back to one full draw.
+    just the changed pixels). A change of axis limits falls back to one full draw (``draw_idle``). Never
+    ``canvas.draw()`` before the figure is displayed: under ipympl that breaks the canvas in the browser.
     Tests and benchmarks drive it headlessly: ``ex.controls["bits"].value = 4`` runs one update.
     """
 
@@ -83,7 +84,11 @@ class Explorer:
         with one_thread():
             self.update()
         # Lay the figure out once, then freeze it: constrained layout on every redraw costs ~10x the plot.
-        self.fig.canvas.draw()
+        # draw_without_rendering, not canvas.draw(): an ipympl canvas drawn before it is displayed stays
+        # broken in the browser ("drawImage ... HTMLImageElement ... broken", found by tests/test_browser.py).
+        self._laying_out = True  # draw_without_rendering fires draw_event too: not a real draw
+        self.fig.draw_without_rendering()
+        self._laying_out = False
         self.fig.set_layout_engine("none")
         self._refresh()
 
@@ -102,12 +107,14 @@ class Explorer:
     def _on_draw(self, event):
         """After every full draw (ours, a resize, the browser's first paint): cache the background."""
         canvas = self.fig.canvas
+        if getattr(self, "_laying_out", False):
+            return
+        self.n_full_draws += 1
         if not self.animated or not hasattr(canvas, "copy_from_bbox"):
             return
         self._bg = canvas.copy_from_bbox(self.fig.bbox)
         self._bg_limits = self._limits()
         self._draw_animated()
-        self.n_full_draws += 1
 
     def _refresh(self):
         t0 = time.perf_counter()
@@ -125,7 +132,9 @@ class Explorer:
             self._draw_animated()
             canvas.blit(self.fig.bbox)
         else:
-            canvas.draw()
+            # A full redraw when the browser asks for it (ipympl), or at once (Agg); _on_draw then caches
+            # the new background. The background only exists after a real draw, i.e. once displayed.
+            canvas.draw_idle()
         self.last_update_s = time.perf_counter() - t0
         self.n_updates += 1
 

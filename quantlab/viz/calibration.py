@@ -74,7 +74,7 @@ class CalibrationExplorer(Explorer):
             "layer": widgets.Dropdown(options=names, value=names[0], description="layer"),
             "bits": widgets.IntSlider(value=bits, min=2, max=8, description="bits"),
             "mode": widgets.ToggleButtons(options=["symmetric", "asymmetric"], value="symmetric",
-                                          description="mode", style={"button_width": "90px"}),
+                                          description="mode", style={"button_width": "105px"}),
             "threshold": widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.002, description="T/max|x|",
                                              readout_format=".3f"),
             "range": widgets.FloatRangeSlider(value=(0.0, 0.5), min=0.0, max=1.0, step=0.002,

@@ -75,7 +75,7 @@ class GranularityExplorer(Explorer):
             "factor": widgets.FloatLogSlider(value=1.0, base=10, min=0, max=1.7, step=0.05, description="outlier ×"),
             "channel": widgets.IntSlider(value=0, min=0, max=C - 1, description="channel"),
         }
-        self.fig, (self.ax_r, self.ax_q) = new_figure(2, 1, width=10.5, height=3.1)
+        self.fig, (self.ax_r, self.ax_q) = new_figure(2, 1, width=9.0, height=3.0)
         ch = np.arange(C)
         self.ranges = LineCollection([], colors="C0", linewidths=3, alpha=0.7)
         self.ax_r.add_collection(self.ranges)

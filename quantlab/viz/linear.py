@@ -62,14 +62,14 @@ class LinearExplorer(Explorer):
             "bits": widgets.IntSlider(value=bits, min=1, max=16, description="bits", continuous_update=True),
             "mode": widgets.ToggleButtons(
                 options=["asymmetric", "symmetric"], value="symmetric" if symmetric else "asymmetric",
-                description="mode", style={"button_width": "90px"},
+                description="mode", style={"button_width": "105px"},
             ),
             "clip": widgets.FloatSlider(
                 value=1.0, min=0.05, max=1.0, step=0.01, description="clip", readout_format=".2f",
                 tooltip="fraction of [r_min, r_max] kept before computing s and z",
             ),
         }
-        self.fig, (self.ax_h, self.ax_s, self.ax_e) = new_figure(3, 1, width=10.5, height=3.1)
+        self.fig, (self.ax_h, self.ax_s, self.ax_e) = new_figure(3, 1, width=9.0, height=3.0)
         self.ax_h.set_title("histogram of r and the grid")
         self.ax_s.set_title("r  ->  r_hat = s(q - z)")
         self.ax_e.set_title("error (r_hat - r) / s")

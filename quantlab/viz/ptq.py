@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data import calibration_batch, load_mnist  # noqa: F401 - used by BENCHMARK_CASES
 from ..engine import run_int
 from ..granularity import PerChannel, PerTensor
-from ..models import evaluate, fold_batchnorm
+from ..models import evaluate, fold_batchnorm, load_trained  # noqa: F401
 from ..ptq import ActRanges, convert, layer_chain, median_time, quantize_weights, state_size_bytes
 from ._base import Explorer, new_figure
 
@@ -89,7 +90,7 @@ class PTQExplorer(Explorer):
         self.results: dict = {}
         self.precompute(x_calib, progress)
 
-        self.fig, axes = new_figure(ncols=4, width=12.5, height=3.0)
+        self.fig, axes = new_figure(ncols=4, width=9.5, height=2.8)
         self.ax_acc, self.ax_in, self.ax_accum, self.ax_out = axes
         wb = list(self.weight_bits)
         ax = self.ax_acc
@@ -106,6 +107,8 @@ class PTQExplorer(Explorer):
             self.steps[key] = a.stairs([0.0], [0.0, 1.0], fill=True, alpha=0.7)
             a.set_title(title, fontsize=9)
             a.set_yticks([])
+            a.set_ylim(0, 1.08)  # histograms are drawn relative to their peak: fixed limits, blit path
+            a.tick_params(labelsize=7)
         self.ax_in.set_ylabel(f"{layer}: share of values")
 
         self.controls = {
@@ -115,6 +118,7 @@ class PTQExplorer(Explorer):
             "granularity": _toggle(list(GRANULARITIES), "per-channel", "granularity"),
             "calib": _sel(self.calib_sizes, self.calib_sizes[min(2, len(self.calib_sizes) - 1)], "calib. n"),
         }
+        self.animated = [self.l_wo, self.l_full, self.l_cur, self.legend, *self.steps.values()]
         self._wire()
 
     # -- the expensive part, once -----------------------------------------------------------------
@@ -175,9 +179,14 @@ class PTQExplorer(Explorer):
         for key, ax, name in (("in", self.ax_in, "hist_in"), ("acc", self.ax_accum, "hist_acc"),
                               ("out", self.ax_out, "hist_out")):
             values, edges = full[name]
-            self.steps[key].set_data(values, edges)
-            ax.set_xlim(edges[0], edges[-1])
-            ax.set_ylim(0, max(float(values.max()), 1e-9) * 1.05)
+            self.steps[key].set_data(values / max(float(values.max()), 1e-12), edges)
+            if key == "acc":  # +-2^k: the limits (and a full redraw) change only when k does
+                k = int(np.ceil(np.log2(max(abs(edges[0]), abs(edges[-1]), 1.0))))
+                lims = (-(2.0**k), 2.0**k) if edges[0] < 0 else (0.0, 2.0**k)
+            else:
+                lims = (float(edges[0]), float(edges[-1]))
+            if ax.get_xlim() != lims:
+                ax.set_xlim(*lims)
         fp = self.fp32
         self.readout_table({
             "mode": c["mode"],
@@ -191,7 +200,7 @@ def _toggle(options, value, description):
     import ipywidgets as widgets
 
     return widgets.ToggleButtons(options=options, value=value, description=description,
-                                 style={"button_width": "90px"})
+                                 style={"button_width": "105px"})
 
 
 def _sel(options, value, description):
@@ -199,3 +208,11 @@ def _sel(options, value, description):
 
     return widgets.SelectionSlider(options=list(options), value=value, description=description,
                                    continuous_update=True)
+
+
+BENCHMARK_CASES = [
+    ("04 ptq",
+     "PTQExplorer(load_trained(), *load_mnist('test', n=100), calibration_batch(1000), n_eval=100, progress=False)",
+     {"mode": ["weight-only", "full"], "weight_bits": [4, 2, 8], "act_bits": [4, 8],
+      "granularity": ["per-tensor", "per-channel"], "calib": [1, 10, 1000, 100]}),
+]
