@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
 	touch $(STAMP)
 
+# (--allow-root only when run as root, e.g. in a container; JupyterLab refuses root otherwise)
 lab: venv
-	$(VENV)/bin/jupyter lab labs/
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) labs/
 
 test: venv
 	bash .ci/install_browser.sh
