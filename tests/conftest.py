@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import torch
+
+from quantlab import data as qdata
 
 
 @pytest.fixture(scope="module")
@@ -18,3 +22,17 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a socket fails loudly; the data cache is cleared so the file is really read."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("quantlab tried to open a network socket")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    qdata._arrays.cache_clear()
+    yield
+    qdata._arrays.cache_clear()

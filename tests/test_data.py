@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 
 import numpy as np
 import pytest
@@ -11,20 +10,6 @@ import torch
 
 from quantlab import data as qdata
 from quantlab.data import calibration_batch, load_mnist
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a socket fails loudly; the data cache is cleared so the file is really read."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("quantlab tried to open a network socket")
-
-    monkeypatch.setattr(socket, "socket", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    qdata._arrays.cache_clear()
-    yield
-    qdata._arrays.cache_clear()
 
 
 def test_shapes_dtypes_and_range(no_network):

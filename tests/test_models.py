@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import torch
@@ -42,13 +40,7 @@ def test_checkpoint_small_and_state_dict_only():
     assert set(sd) == set(SmallCNN().state_dict())
 
 
-def test_load_trained_offline_and_accurate(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("quantlab tried to open a network socket")
-
-    monkeypatch.setattr(socket, "socket", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    qdata._arrays.cache_clear()
+def test_load_trained_offline_and_accurate(no_network):
     model = load_trained()
     x, y = load_mnist("test")  # read from disk again, under the patch (cache cleared above)
     assert not model.training
