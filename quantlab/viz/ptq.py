@@ -118,6 +118,12 @@ class PTQExplorer(Explorer):
             "granularity": _toggle(list(GRANULARITIES), "per-channel", "granularity"),
             "calib": _sel(self.calib_sizes, self.calib_sizes[min(2, len(self.calib_sizes) - 1)], "calib. n"),
         }
+        self._acc_lims = {}
+        for (mode, wb, *_), res in self.results.items():
+            if mode == "full":
+                lo, hi = self._acc_lims.get(wb, (np.inf, -np.inf))
+                e = res["hist_acc"][1]
+                self._acc_lims[wb] = (min(lo, float(e[0])), max(hi, float(e[-1])))
         self.animated = [self.l_wo, self.l_full, self.l_cur, self.legend, *self.steps.values()]
         self._wire()
 
@@ -180,9 +186,8 @@ class PTQExplorer(Explorer):
                               ("out", self.ax_out, "hist_out")):
             values, edges = full[name]
             self.steps[key].set_data(values / max(float(values.max()), 1e-12), edges)
-            if key == "acc":  # +-2^k: the limits (and a full redraw) change only when k does
-                k = int(np.ceil(np.log2(max(abs(edges[0]), abs(edges[-1]), 1.0))))
-                lims = (-(2.0**k), 2.0**k) if edges[0] < 0 else (0.0, 2.0**k)
+            if key == "acc":  # one x-range per weight bit-width: a full redraw only when that changes
+                lims = self._acc_lims[c["weight_bits"]]
             else:
                 lims = (float(edges[0]), float(edges[-1]))
             if ax.get_xlim() != lims:
