@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import importlib.util
 import json
@@ -380,3 +381,26 @@ def test_usage_errors_exit_2(notebooks, capsys):
     assert main(["--bogus", str(notebooks["full"])]) == 2
     assert main([str(notebooks["full"]), "--timeout", "0"]) == 2
     assert main([str(notebooks["full"]), "--jobs", "0"]) == 2
+
+
+LAB_PATHS = sorted(Path(__file__).resolve().parent.parent.joinpath("labs").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("lab", LAB_PATHS, ids=lambda p: p.name)
+def test_real_lab_solved_scores_full_and_shipped_lab_scores_zero(lab, tmp_path, capsys):
+    """The shipped labs grade as all "not attempted"; with every exercise cell solved, full marks."""
+    nb = nbformat.read(lab, as_version=4)
+    ex_cells = [c for c in nb.cells if "exercise" in c.metadata.get("tags", [])]
+    if not ex_cells:
+        pytest.skip("lab without graded exercises")
+    assert main([str(lab), "--json"]) == 0
+    shipped = json.loads(capsys.readouterr().out)["notebooks"][0]
+    assert shipped["score"] == 0 and {e["status"] for e in shipped["exercises"]} == {"not attempted"}
+    for c in ex_cells:
+        name = next(n.name for n in ast.parse(c.source).body if isinstance(n, ast.FunctionDef))
+        c.source = SOLUTIONS[name]
+    solved = tmp_path / lab.name
+    nbformat.write(nb, solved)
+    assert main([str(solved), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["notebooks"][0]
+    assert out["score"] == out["max_score"] > 0, out
