@@ -177,6 +177,8 @@ def fake_quantize_weights(model: torch.nn.Module, bits: int, granularity: Granul
                           symmetric: bool = True, narrow: bool = True) -> torch.nn.Module:
     r"""A copy of ``model`` whose Conv/Linear weights are replaced by w_hat = s (clip(round(w/s + z)) - z).
 
+    Simulated weight quantization for any granularity and 1–16 bits; :func:`quantlab.ptq.quantize_weights` is the
+    stored counterpart (packed integers + (s, z), per-tensor or per-channel, 2–8 bits) with measured size.
     Each weight gets its own (s, z) at the given granularity (biases stay FP32). For ``PerGroup(g)``, a layer
     whose row length (C_in·k_h·k_w) is not a multiple of g — e.g. a first conv with rows of 9 — falls back
     to one group per row (= per-channel). ``model`` is not modified.
