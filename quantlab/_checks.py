@@ -7,7 +7,10 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["as_float_tensor", "check_bits", "check_qrange", "check_scale", "check_zero_point", "from_tensor"]
+__all__ = [
+    "as_float_tensor", "check_bits", "check_qrange", "check_scale", "check_zero_point", "from_tensor",
+    "check_model", "model_device", "check_same_device",
+]
 
 
 def as_float_tensor(r, name: str = "r", allow_empty: bool = False) -> torch.Tensor:
@@ -105,3 +108,76 @@ def check_zero_point(z, q_min: int, q_max: int, name: str = "z") -> torch.Tensor
     if bool((t < q_min).any()) or bool((t > q_max).any()):
         raise ValueError(f"{name} must lie in [q_min, q_max] = [{q_min}, {q_max}]; got {t.min()}..{t.max()}.")
     return t
+
+
+# ---------------------------------------------------------------------------------------------------
+# Models and devices: the one device rule (see CONTRIBUTING.md, "Devices")
+#   Work where the data is: results come back on the device of the model / inputs. A CPU-only step
+#   (NumPy histograms, ...) moves what it needs itself and moves results back. A model and its inputs on
+#   different devices, a model split across devices, or a model without data (``meta``) is a clear error.
+# ---------------------------------------------------------------------------------------------------
+
+
+def check_model(model, name: str = "model"):
+    """Check ``model`` is a ``torch.nn.Module`` (not None, not a state_dict); return it."""
+    if not isinstance(model, torch.nn.Module):
+        hint = (" It looks like a state_dict: build the model and call model.load_state_dict(...), or use "
+                "quantlab.models.load_trained().") if isinstance(model, dict) else (
+                " Use e.g. quantlab.models.load_trained().")
+        raise TypeError(f"{name} must be a torch.nn.Module; got {type(model).__name__}.{hint}")
+    return model
+
+
+def model_device(model, name: str = "model") -> torch.device:
+    """The one device a model's parameters and buffers live on (CPU for a model without any).
+
+    Raises TypeError if ``model`` is not an nn.Module; ValueError, naming the layers, if its weights are
+    on the ``meta`` device (no data) or split across devices.
+
+    >>> model_device(torch.nn.Linear(2, 2))
+    device(type='cpu')
+    """
+    check_model(model, name)
+    where: dict[torch.device, list[str]] = {}
+    for full, t in list(model.named_parameters()) + list(model.named_buffers()):
+        where.setdefault(t.device, []).append(full.rsplit(".", 1)[0] or full)
+    if not where:
+        return torch.device("cpu")
+    meta = [d for d in where if d.type == "meta"]
+    if meta:
+        layers = sorted(set(where[meta[0]]))
+        raise ValueError(
+            f"{name} has no data: the weights of {_few(layers)} are on the 'meta' device. Load real weights, "
+            "e.g. model.to_empty(device='cpu') then model.load_state_dict(state), or "
+            "quantlab.models.load_trained()."
+        )
+    if len(where) > 1:
+        parts = "; ".join(f"{d}: {_few(sorted(set(v)))}" for d, v in where.items())
+        raise ValueError(
+            f"{name} is split across devices ({parts}). Move it to one device first, e.g. "
+            f"{name}.to('cuda') or {name}.to('cpu')."
+        )
+    return next(iter(where))
+
+
+def check_same_device(model, x, name: str = "x", model_name: str = "model") -> torch.device:
+    """Check the tensor ``x`` is on the model's device; return that device.
+
+    Raises ValueError naming both devices and the fix (torch itself would say "Input type
+    (torch.cuda.FloatTensor) and weight type (torch.FloatTensor) should be the same").
+
+    >>> check_same_device(torch.nn.Linear(2, 2), torch.zeros(1, 2))
+    device(type='cpu')
+    """
+    dev = model_device(model, model_name)
+    if isinstance(x, torch.Tensor) and x.device != dev:
+        raise ValueError(
+            f"{name} is on {x.device} but {model_name} is on {dev}. Move one of them: "
+            f"{name} = {name}.to('{dev}')  or  {model_name}.to('{x.device}')."
+        )
+    return dev
+
+
+def _few(names, k: int = 4) -> str:
+    names = [repr(n) for n in names]
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")

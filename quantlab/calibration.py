@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from ._checks import as_float_tensor, check_bits
-from .observers import Calibration, HistogramObserver, _RangeObserver, grid_and_qparams, rebin
+from .granularity import QParams, qparams_from_range
+from .observers import HistogramObserver, _RangeObserver, rebin
 
 __all__ = [
     "METRICS", "METHODS", "SMOOTH",
@@ -729,7 +730,7 @@ def flatten_zero_bin(hist, bin_edges) -> np.ndarray:
 
 
 def calibrate(source, method: str = "kl", bits: int = 8, symmetric: bool = False, signed: bool | None = None,
-              pct: float = 99.99, bins: int = 2048, narrow: bool = False) -> Calibration:
+              pct: float = 99.99, bins: int = 2048, narrow: bool = False) -> QParams:
     r"""Calibrate one tensor's quantization: (s, z, q_min, q_max) = calibrate(data, method, bits).
 
     1. [r_min, r_max] by ``method``:
@@ -740,7 +741,7 @@ def calibrate(source, method: str = "kl", bits: int = 8, symmetric: bool = False
        use symmetric=True, signed=False for post-ReLU data), then s, z = scale_zero_point(r_min, r_max, ...).
 
     ``source``: raw x (tensor/array), a HistogramObserver, a (hist, bin_edges) histogram of x, or (for
-    "minmax" only) any min/max observer. Returns Calibration(s, z, q_min, q_max), s float32, z int64.
+    "minmax" only) any min/max observer. Returns QParams(s, z, q_min, q_max), s float32, z int64.
     Raises ValueError for an unknown method, bad bits, empty data, NaN/inf, negative counts;
     TypeError for a min/max observer with a histogram method.
 
@@ -749,7 +750,7 @@ def calibrate(source, method: str = "kl", bits: int = 8, symmetric: bool = False
     (0, (0, 255))
     """
     r_min, r_max = calibrate_range(source, method, bits, symmetric, signed, pct, bins)
-    return grid_and_qparams(r_min, r_max, bits, symmetric, signed, narrow)
+    return qparams_from_range(r_min, r_max, bits, symmetric, signed, narrow)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -776,7 +777,7 @@ def collect_activations(model: torch.nn.Module, x: torch.Tensor, layer_type=torc
 
 
 def calibrate_model(acts: dict, method: str = "kl", bits: int = 8, **kw) -> dict:
-    """{layer name: Calibration} for every activation in ``acts`` (from :func:`collect_activations`).
+    """{layer name: QParams} for every activation in ``acts`` (from :func:`collect_activations`).
 
     Post-ReLU data is non-negative, so the default here is symmetric=True, signed=False: unsigned grid,
     z = 0, range [0, T].

@@ -10,7 +10,7 @@ function :func:`choose_qparams` computes (s, z) for any of them, shaped to broad
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Union
+from typing import Union
 
 import torch
 
@@ -23,6 +23,7 @@ __all__ = [
     "PerGroup",
     "Granularity",
     "QParams",
+    "qparams_from_range",
     "range_of",
     "choose_qparams",
     "quantize_tensor",
@@ -56,8 +57,14 @@ class PerGroup:
 Granularity = Union[PerTensor, PerChannel, PerGroup]
 
 
-class QParams(NamedTuple):
-    """Quantization parameters: s (float32) and z (int64) broadcastable to r, and the grid."""
+@dataclass(frozen=True, eq=False)
+class QParams:
+    """Quantization parameters — the library's one type for them: s, z, the grid [q_min, q_max], granularity.
+
+    s (float32) and z (int64) are tensors that broadcast against r (0-d per tensor, (C, 1, ..., 1) per
+    channel). Iterating gives the four numbers of the text, so ``s, z, q_min, q_max = p`` works.
+    Made only by :func:`qparams_from_range` (and :func:`choose_qparams`, which calls it).
+    """
 
     s: torch.Tensor
     z: torch.Tensor
@@ -65,12 +72,47 @@ class QParams(NamedTuple):
     q_max: int
     granularity: object = PerTensor()
 
+    def __iter__(self):
+        return iter((self.s, self.z, self.q_min, self.q_max))
+
+    def __getitem__(self, i):
+        return (self.s, self.z, self.q_min, self.q_max)[i]
+
+    def __len__(self) -> int:
+        return 4
+
     @property
     def n_params(self) -> int:
         """How many distinct (s, z) pairs are stored (1 per tensor, C per channel, R*K/g per group)."""
         if isinstance(self.granularity, PerGroup):
             return self.s.numel() // self.granularity.group_size
         return self.s.numel()
+
+    def to(self, device) -> QParams:
+        """The same parameters with s and z on ``device``."""
+        return QParams(self.s.to(device), self.z.to(device), self.q_min, self.q_max, self.granularity)
+
+
+def qparams_from_range(r_min, r_max, bits: int = 8, symmetric: bool = False, signed: bool | None = None,
+                       narrow: bool = False, granularity: Granularity = PerTensor()) -> QParams:
+    r"""The one path from a range to parameters: [q_min, q_max] = qrange(bits, signed, narrow), then (s, z).
+
+    signed defaults to ``symmetric`` (z = 0 needs a grid around 0; asymmetric uses 0..2^b - 1, like
+    torch.quint8). (s, z) = :func:`quantlab.linear.scale_zero_point` (r_min, r_max, q_min, q_max, symmetric):
+    asymmetric s = (r_max - r_min)/(q_max - q_min), z = clip(q_min - round(r_min/s)); symmetric z = 0.
+    Every module (granularity, observers, calibration, PTQ, the engine, the explorers) calls this.
+
+    Shapes: r_min, r_max numbers or tensors of one shape; s, z have that shape (on r_min's device).
+
+    >>> p = qparams_from_range(-1.0, 3.0, 8)
+    >>> float(p.s), int(p.z), p.q_min, p.q_max      # s = 4/255, z = 64
+    (0.01568627543747425, 64, 0, 255)
+    """
+    bits = check_bits(bits)
+    signed = symmetric if signed is None else bool(signed)
+    q_min, q_max = qrange(bits, signed=signed, narrow=narrow)
+    s, z = scale_zero_point(r_min, r_max, q_min, q_max, symmetric=symmetric)
+    return QParams(s, z, q_min, q_max, granularity)
 
 
 def _check_axis(axis, ndim: int) -> int:
@@ -144,12 +186,8 @@ def choose_qparams(
     >>> p.s.shape, p.q_min, p.q_max
     (torch.Size([16, 1, 1, 1]), -128, 127)
     """
-    bits = check_bits(bits)
-    signed = symmetric if signed is None else signed
-    q_min, q_max = qrange(bits, signed=signed, narrow=narrow)
     r_min, r_max = range_of(r, granularity)
-    s, z = scale_zero_point(r_min, r_max, q_min, q_max, symmetric=symmetric)
-    return QParams(s, z, q_min, q_max, granularity)
+    return qparams_from_range(r_min, r_max, bits, symmetric, signed, narrow, granularity)
 
 
 def quantize_tensor(r, bits: int = 8, granularity: Granularity = PerTensor(), symmetric: bool = False, **kw):
@@ -185,14 +223,14 @@ def fake_quantize_weights(model: torch.nn.Module, bits: int, granularity: Granul
 
     >>> m4 = fake_quantize_weights(load_trained(), 4, PerChannel(0))
     """
-    import copy
+    from .models import replace_layers
 
-    m = copy.deepcopy(model)
-    with torch.no_grad():
-        for layer in m.modules():
-            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
-                g = granularity
-                if isinstance(g, PerGroup) and (layer.weight[0].numel() % g.group_size):
-                    g = PerChannel(0)
-                layer.weight.copy_(fake_quantize_tensor(layer.weight, bits, g, symmetric, narrow=narrow))
-    return m
+    def swap(name, layer):
+        g = granularity
+        if isinstance(g, PerGroup) and (layer.weight[0].numel() % g.group_size):
+            g = PerChannel(0)
+        with torch.no_grad():
+            layer.weight.copy_(fake_quantize_tensor(layer.weight, bits, g, symmetric, narrow=narrow))
+        return layer
+
+    return replace_layers(model, swap)

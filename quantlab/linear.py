@@ -22,7 +22,7 @@ from ._checks import (
     from_tensor,
 )
 
-__all__ = ["qrange", "scale_zero_point", "quantize", "dequantize", "fake_quantize", "EPS"]
+__all__ = ["qrange", "scale_zero_point", "quantize", "dequantize", "fake_quantize", "FakeQuantizeSTE", "EPS"]
 
 #: Smallest scale ever returned (PyTorch observers use the same floor): an all-zero tensor gets s = EPS.
 EPS = float(torch.finfo(torch.float32).eps)
@@ -144,10 +144,22 @@ def dequantize(q, s, z):
     return from_tensor(out, q)
 
 
-class _FakeQuantize(torch.autograd.Function):
-    r"""Forward: r_hat = s * (clip(round(r/s + z), q_min, q_max) - z).
-    Backward (straight-through estimator, clipped): dr_hat/dr = 1 where round(r/s + z) lies inside
-    [q_min, q_max], else 0 — the same rule as torch.fake_quantize_per_tensor_affine."""
+class FakeQuantizeSTE(torch.autograd.Function):
+    r"""The fake-quant node with its straight-through gradient, forward beside backward (public: QAT builds on it).
+
+    Forward:  r_hat = s * (clip(round(r/s + z), q_min, q_max) - z)
+    Backward: dr_hat/dr = 1 where round(r/s + z) lies inside [q_min, q_max], else 0 (the clipped
+              straight-through estimator) — the same rule as torch.fake_quantize_per_tensor_affine.
+              s and z get no gradient here (learned ranges, e.g. LSQ, are a separate Function).
+
+    Call it through :func:`fake_quantize` (which checks its arguments), or directly on float tensors
+    ``FakeQuantizeSTE.apply(r, s, z, q_min, q_max)`` with s, z tensors that broadcast against r.
+
+    >>> r = torch.tensor([0.26, 9.0], requires_grad=True)
+    >>> FakeQuantizeSTE.apply(r, torch.tensor(0.1), torch.tensor(0.0), -8, 7).sum().backward()
+    >>> r.grad                       # 9.0 is clipped: no gradient
+    tensor([1., 0.])
+    """
 
     @staticmethod
     def forward(ctx, r, s, z, q_min, q_max):
@@ -178,5 +190,5 @@ def fake_quantize(r, s, z, q_min: int, q_max: int):
     dtype = torch.promote_types(t.dtype, torch.float32)  # compute float16/bfloat16 input in float32
     s_t = check_scale(s).to(dtype)
     z_t = check_zero_point(z, q_min, q_max).to(dtype)
-    out = _FakeQuantize.apply(t.to(dtype), s_t, z_t, q_min, q_max).to(t.dtype)
+    out = FakeQuantizeSTE.apply(t.to(dtype), s_t, z_t, q_min, q_max).to(t.dtype)
     return from_tensor(out, r)

@@ -4,7 +4,7 @@
     python -m quantlab.notebooks clean labs/*.ipynb                           # clear without executing
     python -m quantlab.notebooks verify labs/*.ipynb                          # exit 1 if not clean
 
-A cell whose source starts with ``# NBVAL_CHECK_OUTPUT`` keeps its (executed) output, which
+A cell tagged ``nbval-check-output`` (cell metadata, out of the learner's sight) keeps its (executed) output, which
 ``pytest --nbval-lax`` then compares; every other cell is committed without outputs or execution count,
 and the notebook carries no saved widget state (it would reopen as "Error displaying widget").
 """
@@ -16,14 +16,14 @@ from pathlib import Path
 
 import nbformat
 
-MARK = "# NBVAL_CHECK_OUTPUT"
+TAG = "nbval-check-output"
 
 __all__ = ["is_checked", "clean", "problems", "refresh"]
 
 
 def is_checked(cell) -> bool:
-    """True for a code cell whose output nbval compares (source starts with ``# NBVAL_CHECK_OUTPUT``)."""
-    return cell.cell_type == "code" and cell.source.lstrip().startswith(MARK)
+    """True for a code cell whose output nbval compares (tagged ``nbval-check-output``)."""
+    return cell.cell_type == "code" and TAG in cell.get("metadata", {}).get("tags", [])
 
 
 def clean(nb, keep_checked: bool = True):
@@ -50,7 +50,7 @@ def problems(nb) -> list[str]:
             continue
         if is_checked(cell):
             if not cell.get("outputs"):
-                out.append(f"cell {i}: NBVAL_CHECK_OUTPUT cell has no stored output (run refresh)")
+                out.append(f"cell {i}: nbval-check-output cell has no stored output (run refresh)")
             elif any(o.get("output_type") == "error" for o in cell.outputs):
                 out.append(f"cell {i}: stored output is an error")
         elif cell.get("outputs") or cell.get("execution_count") is not None:

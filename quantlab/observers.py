@@ -11,20 +11,18 @@ hook), then ask it for quantization parameters with ``observer.qparams(bits)``.
 - :class:`HistogramObserver`           the histogram P_f of all values seen, on ``bins`` equal bins over
   [r_min, r_max]; when a batch widens the range the old histogram is re-binned into the new one.
 
-``qparams`` returns a :class:`Calibration` (s, z, q_min, q_max) computed with
-:func:`quantlab.scale_zero_point` (same rules as PyTorch's observers). The histogram feeds
+``qparams`` returns a :class:`quantlab.granularity.QParams` (s, z, q_min, q_max) computed by
+:func:`quantlab.granularity.qparams_from_range` (same rules as PyTorch's observers). The histogram feeds
 :func:`quantlab.calibration.calibrate`.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import torch
 
-from ._checks import as_float_tensor, check_bits
-from .linear import qrange, scale_zero_point
+from ._checks import as_float_tensor
+from .granularity import PerChannel, QParams, qparams_from_range
 
 __all__ = [
     "Calibration",
@@ -36,22 +34,8 @@ __all__ = [
 ]
 
 
-class Calibration(NamedTuple):
-    """Quantization parameters from calibration: ``s, z, q_min, q_max = observer.qparams(8)``."""
-
-    s: torch.Tensor
-    z: torch.Tensor
-    q_min: int
-    q_max: int
-
-
-def grid_and_qparams(r_min, r_max, bits, symmetric: bool, signed: bool | None, narrow: bool) -> Calibration:
-    """[q_min, q_max] = qrange(bits, signed, narrow) (signed defaults to ``symmetric``), then (s, z)."""
-    bits = check_bits(bits)
-    signed = symmetric if signed is None else bool(signed)
-    q_min, q_max = qrange(bits, signed=signed, narrow=narrow)
-    s, z = scale_zero_point(r_min, r_max, q_min, q_max, symmetric=symmetric)
-    return Calibration(s, z, q_min, q_max)
+#: Observers return the library's one parameter type (an alias kept for older notebooks).
+Calibration = QParams
 
 
 class _RangeObserver:
@@ -81,7 +65,7 @@ class _RangeObserver:
         return self.min_val.clone(), self.max_val.clone()
 
     def qparams(self, bits: int = 8, symmetric: bool = False, signed: bool | None = None,
-                narrow: bool = False) -> Calibration:
+                narrow: bool = False) -> QParams:
         r"""(s, z, q_min, q_max) for the observed range [r_min, r_max].
 
         asymmetric: s = (r_max - r_min)/(q_max - q_min),  z = clip(q_min - round(r_min/s));
@@ -94,7 +78,7 @@ class _RangeObserver:
         tensor(64)
         """
         self._need_data()
-        return grid_and_qparams(self.min_val, self.max_val, bits, symmetric, signed, narrow)
+        return qparams_from_range(self.min_val, self.max_val, bits, symmetric, signed, narrow)
 
 
 class MinMaxObserver(_RangeObserver):
@@ -189,13 +173,13 @@ class PerChannelMinMaxObserver(_RangeObserver):
             self.min_val, self.max_val = torch.minimum(self.min_val, lo), torch.maximum(self.max_val, hi)
 
     def qparams(self, bits: int = 8, symmetric: bool = False, signed: bool | None = None,
-                narrow: bool = False) -> Calibration:
+                narrow: bool = False) -> QParams:
         """Per-channel (s, z): same rule as per tensor, shaped to broadcast along ``axis`` of a batch."""
         p = super().qparams(bits, symmetric, signed, narrow)
         ndim, c = self._shape
         view = [1] * ndim
         view[self.axis % ndim] = c
-        return Calibration(p.s.reshape(view), p.z.reshape(view), p.q_min, p.q_max)
+        return QParams(p.s.reshape(view), p.z.reshape(view), p.q_min, p.q_max, PerChannel(self.axis))
 
 
 def rebin(hist: np.ndarray, edges: np.ndarray, new_edges: np.ndarray) -> np.ndarray:

@@ -37,9 +37,10 @@ from .engine import (
 )
 from .granularity import PerChannel, PerTensor, choose_qparams
 from .linear import qrange, quantize, scale_zero_point
+from .packing import _width, pack_bits, unpack_bits
 
 __all__ = [
-    "SUPPORTED_LAYERS", "pack_bits", "unpack_bits", "state_size_bytes", "median_time",
+    "SUPPORTED_LAYERS", "state_size_bytes", "median_time",
     "WeightOnlyConv2d", "WeightOnlyLinear", "WeightOnlyModel", "quantize_weights",
     "ActRanges", "layer_chain", "calibrate_activations", "convert",
 ]
@@ -52,47 +53,6 @@ SUPPORTED_LAYERS = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, n
 # ---------------------------------------------------------------------------------------------------
 # Storage: sub-8-bit integers packed into bytes, sizes measured from the stored tensors
 # ---------------------------------------------------------------------------------------------------
-
-
-def _width(bits: int) -> int:
-    """Bits of storage per value: the smallest of 1, 2, 4, 8 that holds ``bits`` (3 bits -> 4)."""
-    return next(w for w in (1, 2, 4, 8) if bits <= w)
-
-
-def pack_bits(q: torch.Tensor, bits: int, q_min: int) -> torch.Tensor:
-    r"""Store integers of a ``bits``-bit grid in as few bytes as possible: 8 // w values per byte.
-
-    w = 1, 2, 4 or 8 (see ``_width``). For w = 8 the values are stored as int8 (signed grid) or uint8.
-    Otherwise u = q - q_min in [0, 2^w) and byte = sum_j u_j << (j w) for the 8 // w values of a byte.
-    Returns a flat tensor of ceil(numel / (8 // w)) bytes. Inverse: :func:`unpack_bits`.
-
-    >>> pack_bits(torch.tensor([-8, 7, 0]), 4, -8)   # nibbles 0 and 15, then 8 (padded with 0)
-    tensor([240,   8], dtype=torch.uint8)
-    """
-    w = _width(check_bits(bits, low=1, high=8))
-    q = torch.as_tensor(q).flatten().to(torch.int64)
-    if w == 8:
-        return q.to(torch.int8 if q_min < 0 else torch.uint8)
-    k = 8 // w
-    u = q - q_min
-    u = torch.cat([u, u.new_zeros((-u.numel()) % k)]).view(-1, k)
-    shifts = torch.arange(k, dtype=torch.int64) * w
-    return (u << shifts).sum(dim=1).to(torch.uint8)
-
-
-def unpack_bits(packed: torch.Tensor, bits: int, q_min: int, numel: int) -> torch.Tensor:
-    r"""Inverse of :func:`pack_bits`: the first ``numel`` integers, as int64 (flat).
-
-    >>> unpack_bits(torch.tensor([240, 8], dtype=torch.uint8), 4, -8, 3)
-    tensor([-8,  7,  0])
-    """
-    w = _width(bits)
-    if w == 8:
-        return packed.to(torch.int64)[:numel]
-    k = 8 // w
-    shifts = torch.arange(k, dtype=torch.int64) * w
-    u = (packed.to(torch.int64).view(-1, 1) >> shifts) & (2**w - 1)
-    return u.flatten()[:numel] + q_min
 
 
 def state_size_bytes(module: nn.Module) -> int:

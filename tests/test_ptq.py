@@ -11,13 +11,12 @@ from torch import nn
 from quantlab.engine import IntConv2d, IntLinear, run_int
 from quantlab.granularity import PerChannel, PerGroup, PerTensor, fake_quantize_tensor
 from quantlab.models import SmallCNN, evaluate, load_trained
+from quantlab.packing import pack_bits, unpack_bits
 from quantlab.ptq import (
     calibrate_activations,
     convert,
-    pack_bits,
     quantize_weights,
     state_size_bytes,
-    unpack_bits,
 )
 
 

@@ -215,6 +215,9 @@ class Exercise:
     compare: Callable
     diagnoses: list = field(default_factory=list)
     fallback_hint: str = ""
+    #: Dotted names the learner's function may not call while graded: the library's (and torch's)
+    #: implementations of this same exercise, e.g. ("quantlab.linear.quantize", "torch.quantize_per_tensor").
+    forbids: tuple = ()
     _cases: list | None = field(default=None, repr=False)
     _mutants: dict = field(default_factory=dict, repr=False)
 
