@@ -10,11 +10,28 @@ STAMP   = $(VENV)/.installed
 
 venv: $(STAMP)
 
-# torch is installed first, by its exact pin: pip takes the CPU wheel from local disk (a plain
-# "torch" or an open range would pull a multi-GB CUDA build).
+# torch: a torch that $(PYTHON) already has (a GPU workstation, a hosted notebook) is kept: the venv then also
+# sees $(PYTHON)'s site-packages (a .pth file, after its own) and pip leaves that torch alone when it lies in
+# pyproject's tested range. Otherwise
+# the exact CPU wheel $(TORCH_PIN) is installed first (a plain "torch" on Linux pulls a multi-GB CUDA build).
+# KEEP_TORCH=auto (default) | 0 (always the exact pin; CI) | 1 (require the existing torch).
+TORCH_PIN ?= torch==2.13.0
+KEEP_TORCH ?= auto
+HAS_TORCH := $(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo 1 || echo 0)
+USE_SYSTEM_TORCH := $(if $(filter 0,$(KEEP_TORCH)),0,$(HAS_TORCH))
+
 $(STAMP): pyproject.toml
+	@if [ "$(KEEP_TORCH)" = 1 ] && [ "$(HAS_TORCH)" = 0 ]; then \
+	  echo "KEEP_TORCH=1 but $(PYTHON) has no torch"; exit 1; fi
+ifeq ($(USE_SYSTEM_TORCH),1)
+	@echo "keeping the torch that $(PYTHON) already has: $$($(PYTHON) -c 'import torch; print(torch.__version__)')"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+	$(PYTHON) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+	  "$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/_outer_site_packages.pth"
+else
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_PIN)"
+endif
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
 	touch $(STAMP)
 
