@@ -105,7 +105,7 @@ def test_pow2_rounding_domains_differ_exactly_between_sqrt2_and_1_5():
     aa = r.double()
     j = torch.floor(torch.log2(aa))
     frac = aa / 2**j
-    pred = ((frac > math.sqrt(2)) & (frac < 1.5) & (j >= 1 - K)) | ((aa > 2.0**-K) & (aa < math.sqrt(2) * 2.0**-K))
+    pred = ((frac > math.sqrt(2)) & (frac <= 1.5) & (j >= 1 - K)) | ((aa > 2.0**-K) & (aa < math.sqrt(2) * 2.0**-K))
     assert torch.equal(differ, pred) and int(differ.sum()) > 1000
     zero_zone = aa < math.sqrt(2) * 2.0**-K
     assert bool((log[differ & ~zero_zone] > lin[differ & ~zero_zone]).all())  # log rounds up between levels
