@@ -61,7 +61,7 @@ def main(argv=None):
     for b in (2, 3):
         books = kmeans_books(model, b, gran)
         mq, _ = quantize_model_weights(model, "kmeans", b, gran)
-        m_ft, _, _ = finetune_centroids(model, books, x_tr, y_tr, steps=100, lr=1e-3, batch_size=128)
+        m_ft, _, _ = finetune_centroids(model, books, x_tr, y_tr, steps=100, lr=3e-4, batch_size=128)
         print(f"k-means {b} bits: {evaluate(mq, x, y):.3f} -> fine-tuned centroids (100 steps, codes fixed) "
               f"{evaluate(m_ft, x, y):.3f}")
     print(f"\n({time.perf_counter() - t0:.1f} s)")

@@ -97,8 +97,8 @@ def log_quantize(r, bits):
     return np.where(r == 0, 0.0, np.sign(r) * s * 2.0 ** e)
 """,
 }
-LOG_HINTS = {"forgetting the sign": "all >= 0", "log of a negative": "forgetting the sign", "log of zero": "log of zero",
-             "wrong space": "wrong space", "no clip": "clip m to [0, K]"}
+LOG_HINTS = {"forgetting the sign": "all >= 0", "log of a negative": "forgetting the sign",
+             "log of zero": "log of zero", "wrong space": "wrong space", "no clip": "clip m to [0, K]"}
 
 
 @pytest.mark.parametrize("kind", list(LOG_WRONG))

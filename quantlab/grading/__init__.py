@@ -11,8 +11,7 @@ Registered exercises (id = function name): lab 01 ``quantize``, ``dequantize``, 
 lab 05 ``kl_divergence``, ``quantize_histogram``.
 """
 
-from . import checks_calibration, checks_engine, checks_granularity, checks_linear  # noqa: F401 - registers
-from . import checks_nonlinear  # noqa: F401 - registers lab 03
+from . import checks_calibration, checks_engine, checks_granularity, checks_linear, checks_nonlinear  # noqa: F401
 from .core import (
     DEFAULT_TIMEOUT,
     REGISTRY,

@@ -57,7 +57,6 @@ def _m_floor(r, bits):
 
 def _m_noclip(r, bits):
     r = np.asarray(r, np.float64)
-    K = 2 ** (bits - 1) - 1
     s = max(np.abs(r).max(), np.finfo(np.float32).eps)
     with np.errstate(divide="ignore"):
         e = np.round(np.log2(np.abs(r) / s))

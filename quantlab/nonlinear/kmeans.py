@@ -23,6 +23,8 @@ import torch
 from .._checks import as_float_tensor, check_bits, from_tensor
 from ..granularity import Granularity, PerChannel, PerTensor, _check_axis
 
+_PER_TENSOR = PerTensor()  # the default granularity (one immutable value)
+
 __all__ = ["Codebook", "nearest_index", "kmeans_init", "lloyd_step", "kmeans_codebook", "codebook_dequantize",
            "codebook_size_bytes", "INITS"]
 
@@ -135,7 +137,7 @@ def lloyd_step(rows: torch.Tensor, centroids: torch.Tensor):
     return torch.sort(new, dim=1).values, codes
 
 
-def kmeans_codebook(r, bits: int = 4, granularity: Granularity = PerTensor(), init: str = "linear",
+def kmeans_codebook(r, bits: int = 4, granularity: Granularity = _PER_TENSOR, init: str = "linear",
                     iters: int = 20, seed: int = 0) -> Codebook:
     r"""k = 2^b centroids per unit by Lloyd's algorithm (``iters`` steps, or until the codes stop changing).
 
@@ -166,7 +168,7 @@ def kmeans_codebook(r, bits: int = 4, granularity: Granularity = PerTensor(), in
     return Codebook(back(codes), c, bits, granularity)
 
 
-def codebook_dequantize(codes, centroids, granularity: Granularity = PerTensor()):
+def codebook_dequantize(codes, centroids, granularity: Granularity = _PER_TENSOR):
     r"""r_hat_i = c_u[code_i] — one table lookup per value (unit u = tensor or channel of value i).
 
     Shapes: codes integer, any shape; centroids (U, k) (or (k,) for one unit). Float out on codes' device.

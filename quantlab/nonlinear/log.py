@@ -27,6 +27,8 @@ from .._checks import as_float_tensor, check_bits, from_tensor
 from ..granularity import Granularity, PerTensor, range_of
 from ..linear import EPS
 
+_PER_TENSOR = PerTensor()  # the default granularity (one immutable value)
+
 __all__ = ["pow2_levels", "pow2_scale", "pow2_quantize", "pow2_dequantize", "fake_pow2", "pow2_size_bytes",
            "ROUNDINGS"]
 
@@ -53,7 +55,7 @@ def pow2_levels(bits: int) -> torch.Tensor:
     return torch.cat([-pos.flip(0), torch.zeros(1, dtype=torch.float64), pos])
 
 
-def pow2_scale(r, granularity: Granularity = PerTensor()) -> torch.Tensor:
+def pow2_scale(r, granularity: Granularity = _PER_TENSOR) -> torch.Tensor:
     r"""s = max|r| per quantization unit (from :func:`quantlab.granularity.range_of`), floored at EPS.
 
     Shapes: broadcasts against r, like QParams.s. An all-zero unit gets s = EPS (its codes are all 0).
@@ -71,7 +73,7 @@ def _check_rounding(rounding: str) -> str:
     return rounding
 
 
-def pow2_quantize(r, bits: int = 4, granularity: Granularity = PerTensor(), rounding: str = "linear", s=None):
+def pow2_quantize(r, bits: int = 4, granularity: Granularity = _PER_TENSOR, rounding: str = "linear", s=None):
     r"""Codes q = sign(r)·m, m in 0..K, of the nearest power-of-two level; returns (q int32, s float32).
 
     m = 0 is zero, m >= 1 the level s·2^(m-K); |r| > s clips to m = K. ``rounding`` picks the space in which
@@ -130,7 +132,7 @@ def pow2_dequantize(q, s, bits: int):
     return from_tensor(r_hat, q)
 
 
-def fake_pow2(r, bits: int = 4, granularity: Granularity = PerTensor(), rounding: str = "linear"):
+def fake_pow2(r, bits: int = 4, granularity: Granularity = _PER_TENSOR, rounding: str = "linear"):
     r"""r_hat = pow2_dequantize(pow2_quantize(r)) — same shape and device as r.
 
     >>> fake_pow2(torch.tensor([2.0, -0.7, 0.3]), 3).tolist()   # s = 2: levels 0, ±0.5, ±1, ±2

@@ -20,6 +20,8 @@ from .kmeans import Codebook, kmeans_codebook
 from .log import fake_pow2, pow2_size_bytes
 from .nf4 import fake_nf, nf_size_bytes
 
+_PER_TENSOR = PerTensor()  # the default granularity (one immutable value)
+
 __all__ = ["METHODS", "quantize_weight", "quantize_model_weights", "kmeans_books", "finetune_centroids"]
 
 METHODS = ("linear", "log", "kmeans", "nf")
@@ -29,7 +31,7 @@ def _n_units(w: torch.Tensor, granularity) -> int:
     return 1 if isinstance(granularity, PerTensor) else w.shape[granularity.axis]
 
 
-def quantize_weight(w, method: str, bits: int, granularity=PerTensor(), **kw):
+def quantize_weight(w, method: str, bits: int, granularity=_PER_TENSOR, **kw):
     r"""(w_hat, stored bytes, lookups) for one tensor at b bits with one of ``METHODS``.
 
     Bytes: linear b/8 per value + 8 per (s, z); log b/8 + 4 per s; kmeans b/8 + 4·2^b per codebook;
@@ -59,7 +61,7 @@ def quantize_weight(w, method: str, bits: int, granularity=PerTensor(), **kw):
     raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
 
 
-def quantize_model_weights(model: torch.nn.Module, method: str, bits: int, granularity=PerTensor(), **kw):
+def quantize_model_weights(model: torch.nn.Module, method: str, bits: int, granularity=_PER_TENSOR, **kw):
     r"""A copy of ``model`` whose Conv/Linear weights are replaced by w_hat (weight-only), and a report.
 
     Uses :func:`quantlab.models.replace_layers` (``model`` is not modified; errors name the layer). The
@@ -83,7 +85,7 @@ def quantize_model_weights(model: torch.nn.Module, method: str, bits: int, granu
     return replace_layers(model, swap), report
 
 
-def kmeans_books(model: torch.nn.Module, bits: int, granularity=PerTensor(), **kw) -> dict:
+def kmeans_books(model: torch.nn.Module, bits: int, granularity=_PER_TENSOR, **kw) -> dict:
     r"""One :class:`Codebook` per Conv/Linear weight of ``model`` (layer name -> Codebook), on its device.
 
     >>> from quantlab.models import SmallCNN

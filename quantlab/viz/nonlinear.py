@@ -24,6 +24,7 @@ from ..nonlinear import (
     fake_pow2,
     kmeans_init,
     lloyd_step,
+    nearest_index,
     nf_size_bytes,
     pow2_size_bytes,
 )
@@ -145,10 +146,8 @@ class NonlinearExplorer(Explorer):
             rounding = "log" if "log rounding" in m else "linear"
             return fake_pow2(r, b, rounding=rounding), pow2_size_bytes(n, b), 0
         if m == "k-means":
-            cents = self._km_state()[0]
-            from ..nonlinear import nearest_index
-
-            cb = Codebook(nearest_index(r[None], torch.sort(cents, 1).values)[0], torch.sort(cents, 1).values, b)
+            cents = torch.sort(self._km_state()[0], 1).values
+            cb = Codebook(nearest_index(r[None], cents)[0], cents, b)
             return cb.dequantize(), codebook_size_bytes(n, b), 1
         return fake_nf(r, b, block_size=n), nf_size_bytes(n, b, n), 1
 
@@ -176,7 +175,6 @@ class NonlinearExplorer(Explorer):
         is_km = c["method"].value == "k-means"
         self.note.set_text(f"{len(lv)} levels used of {2 ** c['bits'].value}"
                            + (f" · k-means iteration {self._km_state()[1]}" if is_km else ""))
-        self.step_button.disabled = False
         self.readout_table({
             "MSE": f"{mse(r, r_hat):.3g}", "SQNR": f"{sqnr_db(r, r_hat):.2f} dB",
             "stored": f"{8 * n_bytes / r.numel():.3f} bits/value", "lookups/weight": lookups,
