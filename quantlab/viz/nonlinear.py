@@ -67,7 +67,7 @@ class NonlinearExplorer(Explorer):
             "method": widgets.Dropdown(options=EXPLORER_METHODS, value=method, description="method"),
             "bits": widgets.IntSlider(value=bits, min=2, max=5, description="bits"),
             "init": widgets.ToggleButtons(options=["linear", "k-means++"], description="k-means init",
-                                          style={"button_width": "80px"}),
+                                          style={"button_width": "95px"}),
         }
         self.step_button = widgets.Button(description="k-means step", icon="forward",
                                           tooltip="one Lloyd iteration: assign each r to its nearest centroid, "
