@@ -195,6 +195,12 @@ WRONG = [
     ("requant_multiplier", RM.format("    m, e = math.frexp(M)\n    n = 31 - e\n    M0 = round(m * 2**31)\n"
                                      "    if M0 == 2**31:\n        M0, n = 2**30, n - 1\n    return M0, -n"),
      "wrong sign"),
+    ("log_quantize", "import numpy as np\ndef log_quantize(r, bits):\n    s, K = np.abs(r).max(), 2 ** (bits - 1) - 1\n"
+                     "    m = np.clip(np.round(np.log2(np.abs(r) / s)) + K, 0, K)\n"
+                     "    return np.sign(r) * s * 2.0 ** (m - K) * (m > 0)\n", "log of zero"),
+    ("kmeans_step", "import numpy as np\ndef kmeans_step(x, centroids):\n"
+                    "    codes = np.abs(x[:, None] - centroids[None]).argmin(1)\n"
+                    "    return np.full(len(centroids), x.mean()), codes\n", "wrong set"),
 ]
 
 
@@ -331,7 +337,8 @@ def test_cli_json_csv_and_hostile_code(notebooks, tmp_path, capsys):
     rows = list(csv.reader(gradebook.open()))
     assert rows[0] == ["notebook", *REGISTRY, "total", "max_total", "error"]
     assert [r[0] for r in rows[1:]] == paths
-    assert rows[1][-3:] == ["18", "18", ""] and rows[4][-1].startswith("could not read")
+    total = str(int(sum(ex.points for ex in REGISTRY.values())))
+    assert rows[1][-3:] == [total, total, ""] and rows[4][-1].startswith("could not read")
 
 
 def test_cli_notebook_timeout_keeps_graded_results(tmp_path, capsys):

@@ -6,11 +6,12 @@ In a lab, right after an exercise cell::
     check(quantize)          # prints ✔/✘ per case, the first failure with a hint; returns a CheckResult
 
 Registered exercises (id = function name): lab 01 ``quantize``, ``dequantize``, ``asymmetric_params``,
-``symmetric_params``; lab 02 ``per_channel_minmax``, ``per_channel_scale``; lab 04 ``requant_multiplier``;
+``symmetric_params``; lab 02 ``per_channel_minmax``, ``per_channel_scale``; lab 03 ``log_quantize``,
+``kmeans_step``; lab 04 ``requant_multiplier``;
 lab 05 ``kl_divergence``, ``quantize_histogram``.
 """
 
-from . import checks_calibration, checks_engine, checks_granularity, checks_linear  # noqa: F401 - registers
+from . import checks_calibration, checks_engine, checks_granularity, checks_linear, checks_nonlinear  # noqa: F401
 from .core import (
     DEFAULT_TIMEOUT,
     REGISTRY,
