@@ -9,7 +9,8 @@ empirical, data-free) and weight correction (none, the text's rule, the mean-and
 1,000 test digits and, per layer and output channel, the output mean error a_i - a_q on the test digits.
 Calibration (ranges, empirical bias correction): the first ``--calib`` training images. Writes a small JSON
 file the lab and its explorer read (so the lab does not spend minutes recomputing it) and prints the table.
-Deterministic: same torch version and CPU -> same numbers. One torch thread.
+A setting the integer engine cannot deploy (zeta_c folded into s_w makes M = s_w s_x / s_y >= 1)
+is stored with accuracy null. Deterministic: same torch version and CPU -> same numbers. One torch thread.
 """
 
 from __future__ import annotations
@@ -74,11 +75,15 @@ def main(argv=None):
             quantizer = weight_quantizer(wb, GRANULARITIES[g], rule_arg)
         else:
             quantizer = int_quantizer(ranges[ab], wb, ab, GRANULARITIES[g], rule_arg)
-        acc, errors = run_one(model, quantizer, bias, x_cal, x, y, names, a_i)
+        try:
+            acc, errors = run_one(model, quantizer, bias, x_cal, x, y, names, a_i)
+        except ValueError as e:  # e.g. zeta_c folded into s_w pushes M = s_w s_x / s_y over 1: not deployable
+            acc, errors = None, None
+            print(f"  not deployable: {e}")
         rows.append({"mode": mode, "w_bits": wb, "a_bits": ab, "granularity": g, "bias": bias, "weight": rule,
                      "accuracy": acc, "errors": errors})
         print(f"{mode:<12} W{wb}{'' if ab is None else f'A{ab}'} {g:<12} bias={bias:<10} weight={rule:<10} "
-              f"{acc:.3f}   ({time.perf_counter() - t0:.0f} s)", flush=True)
+              f"{'n/a' if acc is None else f'{acc:.3f}'}   ({time.perf_counter() - t0:.0f} s)", flush=True)
     out = {"fp32_accuracy": evaluate(model, x, y), "n_test": len(y), "n_calib": args.calib,
            "layers": names, "calibration": "minmax", "weights": "symmetric, narrow grid",
            "command": "python benchmarks/correction_table.py", "torch": torch.__version__, "rows": rows}

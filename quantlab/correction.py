@@ -46,6 +46,8 @@ __all__ = [
     "apply_bias_terms", "empirical_bias_correction", "data_free_bias_correction",
 ]
 
+_PER_CHANNEL = PerChannel(0)
+
 #: Weight-correction rules: the text's zeta_c (w_hat_c + u_c), and shift-then-scale around the mean.
 RULES = ("text", "mean_norm")
 
@@ -296,7 +298,7 @@ def expected_layer_inputs(model: nn.Module) -> dict:
 # ---------------------------------------------------------------------------------------------------
 
 
-def weight_quantizer(bits: int, granularity=PerChannel(0), rule: str | None = None, symmetric: bool = True,
+def weight_quantizer(bits: int, granularity=_PER_CHANNEL, rule: str | None = None, symmetric: bool = True,
                      narrow: bool = True):
     r"""A function model -> weight-only quantized copy: w_hat = fake-quantized w (any bits, granularity),
     then, if ``rule`` is given, :func:`weight_correction` (w, w_hat, rule) per output channel.
@@ -325,7 +327,7 @@ def weight_quantizer(bits: int, granularity=PerChannel(0), rule: str | None = No
     return quantize
 
 
-def int_quantizer(act_ranges, weight_bits: int = 8, act_bits: int | None = None, granularity=PerChannel(0),
+def int_quantizer(act_ranges, weight_bits: int = 8, act_bits: int | None = None, granularity=_PER_CHANNEL,
                   rule: str | None = None):
     r"""A function model -> IntModel (full quantization: :func:`quantlab.ptq.convert`, run by ``run_int``).
 
@@ -523,7 +525,8 @@ def empirical_bias_correction(model: nn.Module, quantize, calib_x: torch.Tensor,
         ValueError/TypeError: calib_x None, not a tensor, NaN/inf or of a shape the model cannot take; a name
         that is not a Conv2d/Linear (the error names it and its kind); NaN/inf outputs (naming the layer).
 
-    >>> fixed, terms = empirical_bias_correction(load_trained(), weight_quantizer(3), calibration_batch(500))  # doctest: +SKIP
+    >>> q = weight_quantizer(3)
+    >>> fixed, terms = empirical_bias_correction(load_trained(), q, calibration_batch(500))  # doctest: +SKIP
     """
     folded = fold_batchnorm(check_model(model))
     names = _check_layer_names(folded, [n for n, _ in find_layers(folded)] if layers is None else layers)

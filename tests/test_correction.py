@@ -1,3 +1,4 @@
+# ruff: noqa: E501
 """quantlab.correction against hand computations (the text's formulas written out as slow loops here)."""
 
 from __future__ import annotations
@@ -5,6 +6,7 @@ from __future__ import annotations
 import doctest
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -254,3 +256,34 @@ def test_doctests():
     res = doctest.testmod(qc, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
                           extraglobs={"nn": nn, "torch": torch})
     assert res.failed == 0 and res.attempted > 8
+
+
+def _synthetic_table():
+    rows = []
+    for wb in (4, 3, 2):
+        for g in ("per-tensor", "per-channel"):
+            for b in ("none", "empirical", "data_free"):
+                for wt in ("none", "text", "mean_norm"):
+                    k = len(rows)
+                    rows.append({"mode": "weight-only", "w_bits": wb, "a_bits": None, "granularity": g, "bias": b,
+                                 "weight": wt, "accuracy": 0.5 + k / 200,
+                                 "errors": {"conv1": [k * 0.01, -k * 0.01], "fc2": [0.1, 0.2, k * 0.001]}})
+    return {"fp32_accuracy": 0.98, "layers": ["conv1", "fc2"], "rows": rows}
+
+
+def test_explorer_moves_lines_and_readout():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from quantlab.viz.correction import CorrectionExplorer, recovered_share
+
+    t = _synthetic_table()
+    t["index"] = {(r["mode"], r["w_bits"], r["a_bits"], r["granularity"], r["bias"], r["weight"]): r for r in t["rows"]}
+    ex = CorrectionExplorer(t, layer="conv1")
+    y0 = ex.l_cur.get_ydata().copy()
+    ex.controls["weight"].value = "text"
+    assert not np.array_equal(y0, ex.l_cur.get_ydata()) and ex.n_updates == 2
+    ex.controls["layer"].value = "fc2"
+    assert len(ex.l_cur.get_xdata()) == 3 and "accuracy" in ex.readout.value
+    assert recovered_share(0.98, 0.5, 0.74) == pytest.approx(0.5) and recovered_share(0.98, 0.978, 0.99) is None
+

@@ -1,3 +1,4 @@
+# ruff: noqa: E501
 """Lab 06 exercises: reference solutions pass, each typical mistake fails with its own hint."""
 
 from __future__ import annotations

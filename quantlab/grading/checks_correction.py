@@ -136,11 +136,13 @@ def _weight_mutant(kind):
         axes = (0,) if kind == "axis0" else tuple(range(1, w.ndim))
         e_w, e_h = w.mean(axis=axes, keepdims=True), w_hat.mean(axis=axes, keepdims=True)
         if kind == "variance":
-            zeta = ((w - e_w) ** 2).mean(axis=axes, keepdims=True) / ((w_hat - e_h) ** 2).mean(axis=axes, keepdims=True)
+            var_w = ((w - e_w) ** 2).mean(axis=axes, keepdims=True)
+            zeta = var_w / ((w_hat - e_h) ** 2).mean(axis=axes, keepdims=True)
         elif kind == "std":
             zeta = (w - e_w).std(axis=axes, keepdims=True) ** 2 / (w_hat - e_h).std(axis=axes, keepdims=True) ** 2
         else:
-            zeta = np.sqrt(((w - e_w) ** 2).sum(axis=axes, keepdims=True) / ((w_hat - e_h) ** 2).sum(axis=axes, keepdims=True))
+            ss_w = ((w - e_w) ** 2).sum(axis=axes, keepdims=True)
+            zeta = np.sqrt(ss_w / ((w_hat - e_h) ** 2).sum(axis=axes, keepdims=True))
         if kind == "mean_norm":
             out = (w_hat - e_h) * zeta + e_w
         elif kind == "no_scale_u":
