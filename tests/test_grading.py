@@ -195,6 +195,11 @@ WRONG = [
     ("requant_multiplier", RM.format("    m, e = math.frexp(M)\n    n = 31 - e\n    M0 = round(m * 2**31)\n"
                                      "    if M0 == 2**31:\n        M0, n = 2**30, n - 1\n    return M0, -n"),
      "wrong sign"),
+    # lab 06 (the full catalogue of its mistakes is in tests/test_grading_correction.py)
+    ("bias_correction", "import numpy as np\ndef bias_correction(a_fp, a_q):\n    return a_fp.mean(axis=0) - a_q.mean(axis=0)",
+     "spatial mean"),
+    ("weight_correction", "import numpy as np\ndef weight_correction(w, w_hat):\n    return w_hat",
+     "zeta * (w_hat + u)"),
 ]
 
 
