@@ -9,7 +9,7 @@ import torch
 
 __all__ = [
     "as_float_tensor", "check_bits", "check_qrange", "check_scale", "check_zero_point", "from_tensor",
-    "check_model", "model_device", "check_same_device",
+    "check_model", "model_device", "check_same_device", "check_axis",
 ]
 
 
@@ -181,3 +181,17 @@ def check_same_device(model, x, name: str = "x", model_name: str = "model") -> t
 def _few(names, k: int = 4) -> str:
     names = [repr(n) for n in names]
     return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+def check_axis(axis, ndim: int, name: str = "axis") -> int:
+    """Check ``axis`` is an int in [-ndim, ndim); return it as a non-negative index.
+
+    >>> check_axis(-1, 4)
+    3
+    """
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {axis!r}.")
+    if not -ndim <= int(axis) < ndim:
+        raise ValueError(f"{name}={axis} is out of range for a tensor with {ndim} dimension(s); use "
+                         f"0..{ndim - 1} (axis 0 = output channels of a weight, 1 = channels of an activation).")
+    return int(axis) % ndim

@@ -7,11 +7,18 @@ In a lab, right after an exercise cell::
 
 Registered exercises (id = function name): lab 01 ``quantize``, ``dequantize``, ``asymmetric_params``,
 ``symmetric_params``; lab 02 ``per_channel_minmax``, ``per_channel_scale``; lab 03 ``log_quantize``,
-``kmeans_step``; lab 04 ``requant_multiplier``;
-lab 05 ``kl_divergence``, ``quantize_histogram``.
+``kmeans_step``; lab 04 ``requant_multiplier``; lab 05 ``kl_divergence``, ``quantize_histogram``;
+lab 06 ``bias_correction``, ``weight_correction``.
 """
 
-from . import checks_calibration, checks_engine, checks_granularity, checks_linear, checks_nonlinear  # noqa: F401
+from . import (  # noqa: F401 - each module registers its exercises
+    checks_calibration,
+    checks_correction,
+    checks_engine,
+    checks_granularity,
+    checks_linear,
+    checks_nonlinear,
+)
 from .core import (
     DEFAULT_TIMEOUT,
     REGISTRY,
