@@ -202,7 +202,8 @@ WRONG = [
                     "    codes = np.abs(x[:, None] - centroids[None]).argmin(1)\n"
                     "    return np.full(len(centroids), x.mean()), codes\n", "wrong set"),
     # lab 06 (the full catalogue of its mistakes is in tests/test_grading_correction.py)
-    ("bias_correction", "import numpy as np\ndef bias_correction(a_fp, a_q):\n    return a_fp.mean(axis=0) - a_q.mean(axis=0)",
+    ("bias_correction",
+     "import numpy as np\ndef bias_correction(a_fp, a_q):\n    return a_fp.mean(axis=0) - a_q.mean(axis=0)",
      "spatial mean"),
     ("weight_correction", "import numpy as np\ndef weight_correction(w, w_hat):\n    return w_hat",
      "zeta * (w_hat + u)"),
