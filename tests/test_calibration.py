@@ -411,5 +411,8 @@ def test_explorer_moves_artists_in_place_without_new_figures():
         ex.controls[name].value = value
     assert len(plt.get_fignums()) == n_figs and ex.n_updates >= 7
     assert "nan" not in ex.readout.value.lower() and "inf" not in ex.readout.value.lower()
-    for m, line in ex.curves.items():
-        assert np.isfinite(line.get_ydata()).all(), m
+    for m, line in ex.curves.items():  # NaN gaps only where the reference's KL is +inf; never inf drawn
+        y = np.asarray(line.get_ydata(), dtype=float)
+        assert not np.isinf(y).any() and np.isfinite(y).any(), m
+        if m in ("JS", "KL, integer rule"):
+            assert np.isfinite(y).all(), m

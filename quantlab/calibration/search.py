@@ -56,7 +56,8 @@ def divergence_curve(hist, bin_edges, n_levels: int, metric: str = "kl", start: 
     histogram they search: after :func:`flatten_zero_bin`). Returns (r_maxs, D) float64 arrays of len(ends);
     with merge="fractional", D is +inf where the folded mass lands on an empty bin (as in the reference).
 
-    Raises ValueError for ends outside [start + first length, len(hist)], bad metric/merge/n_levels,
+    Raises ValueError for ends outside [start + n_levels ("integer") or start + 1, len(hist)], bad
+    start/metric/merge/n_levels,
     and the histogram errors.
 
     >>> import torch; from quantlab.calibration import histogram
@@ -72,8 +73,10 @@ def divergence_curve(hist, bin_edges, n_levels: int, metric: str = "kl", start: 
     n = check_levels(n_levels, h.size - int(start), merge)
     first = int(start) + first_length(n, merge, h.size - int(start), _check_start_bin(start_bin, h.size))
     ends = np.arange(first, h.size + 1) if ends is None else np.asarray(ends, dtype=np.int64).reshape(-1)
-    if ends.size == 0 or (ends < first).any() or (ends > h.size).any():
-        raise ValueError(f"ends must lie in [start + first length, len(hist)] = [{first}, {h.size}].")
+    lowest = int(start) + (n if merge == "integer" else 1)  # any candidate the merge rule can build
+    if ends.size == 0 or (ends < lowest).any() or (ends > h.size).any():
+        raise ValueError(f"ends must lie in [start + {'n_levels' if merge == 'integer' else '1'}, len(hist)] = "
+                         f"[{lowest}, {h.size}].")
     return e[ends], curve(h, int(start), ends, n, metric, merge, left=float(h[:start].sum()))
 
 
