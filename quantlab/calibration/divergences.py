@@ -7,7 +7,7 @@ Merge rules (how the i bins of P are cut into n_levels chunks; see CONTRIBUTING.
 
 - ``"fractional"`` (NVIDIA modelopt / pytorch-quantization, TensorRT's entropy calibration):
   chunk boundaries ``np.linspace(0, i, n_levels + 1)``: bin j goes to chunk floor(j n_levels / i).
-- ``"integer"`` (MXNet, TVM, ONNX Runtime; lab 05's exercise): width w = i // n_levels, chunk k =
+- ``"integer"`` (ONNX Runtime's entropy calibrator; lab 05's exercise): width w = i // n_levels, chunk k =
   [k w, (k+1) w), the last chunk also takes the remainder [(n_levels-1) w, i).
 """
 
@@ -147,7 +147,7 @@ def quantize_histogram(p, n_levels: int, merge: str = "integer") -> np.ndarray:
     r"""Q_q from P by merge-and-expand: what P looks like when only n_levels values survive.
 
     P has i bins, cut into n_levels chunks by ``merge``:
-      "integer" (the default here: lab 05's exercise; MXNet, TVM, ONNX Runtime): w = i // n_levels,
+      "integer" (the default here: lab 05's exercise; ONNX Runtime): w = i // n_levels,
           chunk k = bins [k w, (k+1) w), the last chunk also takes the remainder [(n_levels-1) w, i);
       "fractional" (NVIDIA modelopt / pytorch-quantization, the searches' default): boundaries
           np.linspace(0, i, n_levels + 1), bin j in chunk floor(j n_levels / i) (i < n_levels allowed).

@@ -3,7 +3,7 @@ r"""The divergence searches: the clip threshold T (symmetric) or range [r_min, r
 Default merge rule: "fractional", NVIDIA's TensorRT entropy calibrator (modelopt ``HistogramCalibrator``,
 method "entropy", ``_compute_amax_entropy``; the same code as pytorch-quantization): candidates from
 bin 128 on, chunk boundaries linspace(0, i, n_levels + 1), KL as scipy.stats.entropy (+inf where the
-folded mass lands on an empty bin), the last argmin. "integer" is lab 05's rule (MXNet, TVM, ONNX Runtime).
+folded mass lands on an empty bin), the last argmin. "integer" is lab 05's rule (ONNX Runtime).
 The zero spike is flattened by the callers (:func:`quantlab.calibration.calibrate`) with
 :func:`flatten_zero_bin`, which is NVIDIA's ``bins[0] = bins[1]`` on a histogram of |x|.
 """
