@@ -16,6 +16,8 @@ CPU-only (NumPy arrays). Accumulators are int32: K must be < 2^31.
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 
 from .packing import WORD_BITS, n_words
@@ -25,14 +27,9 @@ __all__ = ["HAVE_NUMBA", "MAX_K", "xnor_gemm_numpy", "xnor_gemm_numba", "check_p
 #: Largest K whose result K - 2 popcount fits the int32 output (|a . w| <= K).
 MAX_K = 2**31 - 1
 
-try:  # the compiled kernel is optional: without numba the NumPy slow path is used (with a warning)
-    import numba
-    from numba import types
-    from numba.extending import intrinsic
-
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised by monkeypatching HAVE_NUMBA in the tests
-    HAVE_NUMBA = False
+#: Whether the compiled kernel can be used. numba is imported only on the first compiled call (importing it costs
+#: seconds), from :mod:`quantlab._xnor_numba`; without numba the NumPy slow path is used (with a warning).
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
 
 def check_packed(a, w, K: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -111,64 +108,6 @@ def xnor_gemm_numpy(a, w, K: int, rows_per_chunk: int = 64) -> np.ndarray:
     return out
 
 
-if HAVE_NUMBA:
-
-    @intrinsic
-    def _ctpop(typingctx, x):
-        """LLVM's ctpop on a uint64: one POPCNT instruction (vectorised to VPOPCNTQ on AVX-512 CPUs)."""
-        sig = types.uint64(types.uint64)
-
-        def codegen(context, builder, signature, args):
-            return builder.ctpop(args[0])
-
-        return sig, codegen
-
-    @numba.njit(cache=True, nogil=True, inline="always")
-    def _tile(a, w, K, last_mask, out, i0, i1, j0, j1):  # pragma: no cover - compiled
-        """out[i0:i1, j0:j1]; four columns at a time share each loaded word of a (register blocking)."""
-        W = a.shape[1]
-        for i in range(i0, i1):
-            j = j0
-            while j < j1:
-                c0 = c1 = c2 = c3 = 0
-                n = min(4, j1 - j)                                  # 4 columns, fewer at the edge
-                j_1, j_2, j_3 = j + min(1, n - 1), j + min(2, n - 1), j + min(3, n - 1)
-                for k in range(W - 1):
-                    x = a[i, k]
-                    c0 += _ctpop(x ^ w[j, k])
-                    c1 += _ctpop(x ^ w[j_1, k])
-                    c2 += _ctpop(x ^ w[j_2, k])
-                    c3 += _ctpop(x ^ w[j_3, k])
-                x, k = a[i, W - 1], W - 1                            # the last word: padding bits masked
-                c0 += _ctpop((x ^ w[j, k]) & last_mask)
-                c1 += _ctpop((x ^ w[j_1, k]) & last_mask)
-                c2 += _ctpop((x ^ w[j_2, k]) & last_mask)
-                c3 += _ctpop((x ^ w[j_3, k]) & last_mask)
-                out[i, j] = K - 2 * c0
-                if n > 1:
-                    out[i, j + 1] = K - 2 * c1
-                if n > 2:
-                    out[i, j + 2] = K - 2 * c2
-                if n > 3:
-                    out[i, j + 3] = K - 2 * c3
-                j += 4
-
-    @numba.njit(parallel=True, cache=True, nogil=True)
-    def _gemm_parallel(a, w, K, last_mask, out, tile_m, tile_n):  # pragma: no cover - compiled
-        M, N = a.shape[0], w.shape[0]
-        tiles_n = (N + tile_n - 1) // tile_n
-        for t in numba.prange(((M + tile_m - 1) // tile_m) * tiles_n):   # one tile of outputs per task
-            i0, j0 = (t // tiles_n) * tile_m, (t % tiles_n) * tile_n
-            _tile(a, w, K, last_mask, out, i0, min(i0 + tile_m, M), j0, min(j0 + tile_n, N))
-
-    @numba.njit(cache=True, nogil=True)
-    def _gemm_serial(a, w, K, last_mask, out, tile_m, tile_n):  # pragma: no cover - compiled
-        M, N = a.shape[0], w.shape[0]
-        for i0 in range(0, M, tile_m):
-            for j0 in range(0, N, tile_n):
-                _tile(a, w, K, last_mask, out, i0, min(i0 + tile_m, M), j0, min(j0 + tile_n, N))
-
-
 #: Below this many word operations (M * N * W) one thread is faster than waking the pool.
 SERIAL_BELOW = 2**21
 
@@ -193,6 +132,8 @@ def xnor_gemm_numba(a, w, K: int, tile_m: int = 64, tile_n: int = 64) -> np.ndar
                           "(`pip install numba`) or use xnor_gemm_numpy (the slow path).")
     a, w, K = check_packed(a, w, K)
     out = np.empty((a.shape[0], w.shape[0]), dtype=np.int32)
-    kernel = _gemm_serial if a.shape[0] * w.shape[0] * a.shape[1] < SERIAL_BELOW else _gemm_parallel
+    from . import _xnor_numba as nb
+
+    kernel = nb._gemm_serial if a.shape[0] * w.shape[0] * a.shape[1] < SERIAL_BELOW else nb._gemm_parallel
     kernel(a, w, np.int64(K), np.uint64(_last_mask(K)), out, np.int64(tile_m), np.int64(tile_n))
     return out
