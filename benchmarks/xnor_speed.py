@@ -56,7 +56,8 @@ def main(argv=None):
     for M, N, K in SHAPES:
         r = time_binary_gemm(M, N, K, repeats=args.repeats, numpy_path=args.numpy_path)
         line = (f"{M:>5}{N:>6}{K:>6} {r['numpy_blas_s'] * 1e3:>8.2f}{r['torch_s'] * 1e3:>9.2f}"
-                f"{r['packed_s'] * 1e3:>10.3f}{r['numpy_blas_s'] / r['packed_s']:>8.1f}{r['torch_s'] / r['packed_s']:>8.1f}"
+                f"{r['packed_s'] * 1e3:>10.3f}{r['numpy_blas_s'] / r['packed_s']:>8.1f}"
+                f"{r['torch_s'] / r['packed_s']:>8.1f}"
                 f"{str(r['exact']):>6}{r['bytes_float'] / 1024:>9.0f}{r['bytes_packed'] / 1024:>10.0f}"
                 f"{r['pack_s'] * 1e3:>8.1f}")
         if args.numpy_path:

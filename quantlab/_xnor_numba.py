@@ -4,7 +4,6 @@ Compiled once and cached on disk (``cache=True``, next to this file or in numba'
 """
 
 import numba
-import numpy as np
 from numba import types
 from numba.extending import intrinsic
 

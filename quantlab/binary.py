@@ -27,7 +27,7 @@ from torch import nn
 from . import binary_kernel as _k
 from ._checks import as_float_tensor, check_model, from_tensor
 from .models import WEIGHT_LAYERS, find_layers, replace_layers
-from .packing import _as_signs, pack_signs
+from .packing import _as_signs, pack_negative, pack_signs
 
 __all__ = [
     "binarize", "SignSTE", "sign_ste", "binary_weight_scale", "binarize_weights",
@@ -266,16 +266,20 @@ def binary_matmul(a, w, backend: str = "auto"):
     return _like(xnor_gemm(pack_signs(a_s), pack_signs(w_s), K, backend), a)
 
 
-def _im2col_packed(x: torch.Tensor, kernel_size, stride, padding, dilation):
-    """Pad ±1 input with +1, unfold to (N * L, K) rows, pack along K. Returns (packed, n_out_h, n_out_w)."""
+def _im2col_packed(negative: np.ndarray, kernel_size, stride, padding, dilation):
+    """Sign bits (x < 0) of (N, C, H, W) -> padded with +1 (bit 0), im2col rows (N * L, C kh kw), packed along K.
+
+    Works on one byte per value (NumPy sliding windows), never on float copies. Returns (packed, h_out, w_out).
+    """
     ph, pw = padding
-    if ph or pw:
-        x = F.pad(x, (pw, pw, ph, ph), value=1.0)
-    cols = F.unfold(x, kernel_size, dilation=dilation, stride=stride)          # (N, K, L)
-    h = (x.shape[2] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
-    w = (x.shape[3] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1
-    rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])                      # (N * L, K)
-    return pack_signs(rows.numpy()), h, w
+    neg = np.pad(negative, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if (ph or pw) else negative   # pad: +1
+    kh, kw = (int(k) for k in kernel_size)
+    span_h, span_w = dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1
+    win = np.lib.stride_tricks.sliding_window_view(neg, (span_h, span_w), axis=(2, 3))
+    win = win[:, :, ::stride[0], ::stride[1], ::dilation[0], ::dilation[1]]      # (N, C, Ho, Wo, kh, kw)
+    h, w = win.shape[2], win.shape[3]
+    rows = win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, neg.shape[1] * kh * kw)    # (N * L, K), F.unfold's order
+    return pack_negative(rows), h, w
 
 
 def _pair(v):
@@ -302,9 +306,11 @@ def binary_conv2d(x, w, stride=1, padding=0, dilation=1, backend: str = "auto"):
     if xs.shape[1] != ws.shape[1]:
         raise ValueError(f"x has {xs.shape[1]} channels but w expects {ws.shape[1]} (w is (O, C, kh, kw)).")
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    packed, h, wd = _im2col_packed(torch.from_numpy(xs.astype(np.float32)), ws.shape[2:], stride, padding, dilation)
-    if h < 1 or wd < 1:
-        raise ValueError(f"the kernel {ws.shape[2:]} is larger than the padded input {xs.shape[2:]}.")
+    span = [d * (k - 1) + 1 for d, k in zip(dilation, ws.shape[2:])]
+    if any(xs.shape[2 + i] + 2 * padding[i] < span[i] for i in (0, 1)):
+        raise ValueError(f"the kernel {ws.shape[2:]} (dilation {dilation}) is larger than the padded input "
+                         f"{xs.shape[2:]} + 2 x {padding}.")
+    packed, h, wd = _im2col_packed(xs < 0, ws.shape[2:], stride, padding, dilation)
     K = int(np.prod(ws.shape[1:]))
     out = xnor_gemm(packed, pack_signs(ws.reshape(ws.shape[0], K)), K, backend)    # (N * L, O)
     out = out.reshape(xs.shape[0], h, wd, ws.shape[0]).transpose(0, 3, 1, 2)
@@ -331,8 +337,8 @@ class PackedBinaryConv2d(nn.Module):
 
     @torch.no_grad()
     def forward(self, x):
-        xb = binarize(x.detach().cpu().float())
-        packed, h, w = _im2col_packed(xb, self.kernel_size, self.stride, self.padding, self.dilation)
+        negative = (x.detach().cpu() < 0).numpy()                   # sign bits: 1 for -1 (sign(0) = +1)
+        packed, h, w = _im2col_packed(negative, self.kernel_size, self.stride, self.padding, self.dilation)
         acc = xnor_gemm(packed, self.w_packed, self.K, self.backend)
         y = torch.from_numpy(acc).float().reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2) * self.alpha
         return (y if self.bias is None else y + self.bias).to(x.device)
@@ -352,7 +358,7 @@ class PackedBinaryLinear(nn.Module):
 
     @torch.no_grad()
     def forward(self, x):
-        acc = xnor_gemm(pack_signs(binarize(x.detach().cpu().float())), self.w_packed, self.K, self.backend)
+        acc = xnor_gemm(pack_negative((x.detach().cpu() < 0).numpy()), self.w_packed, self.K, self.backend)
         y = torch.from_numpy(acc).float() * self.alpha
         return (y if self.bias is None else y + self.bias).to(x.device)
 
@@ -393,7 +399,7 @@ def packed_size_bytes(model: nn.Module) -> int:
     """
     check_model(model)
     total, seen = 0, set()
-    for name, m in model.named_modules():
+    for _, m in model.named_modules():
         if isinstance(m, (BinaryConv2d, BinaryLinear)):
             w = m.weight.detach().cpu()
             total += pack_signs(binarize(w).reshape(w.shape[0], -1)).nbytes + 4 * w.shape[0]

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import check_same_device
 from .binary import binarize_model
 from .binary_kernel import HAVE_NUMBA, xnor_gemm_numba, xnor_gemm_numpy
 from .data import data_dir, load_mnist
-from ._checks import check_same_device
 from .models import SmallCNN, _shift, evaluate, find_layers, load_trained
 from .packing import pack_signs
 
@@ -43,8 +43,8 @@ def _check_kind(kind: str) -> bool:
 def binary_cnn(kind: str, init: nn.Module | None = None) -> nn.Module:
     """The lab's SmallCNN with binary hidden layers: ``kind`` "bwn" (weights) or "xnor" (weights + activations).
 
-    >>> [type(m).__name__ for m in binary_cnn("xnor")[4:6]]
-    ['BinaryConv2d', 'BatchNorm2d']
+    >>> [type(m).__name__ for m in binary_cnn("xnor").children()][2:6]
+    ['Identity', 'MaxPool2d', 'BinaryConv2d', 'BatchNorm2d']
     """
     return binarize_model(init if init is not None else SmallCNN(), activations=_check_kind(kind))
 
@@ -210,7 +210,8 @@ def main(argv=None) -> None:
     acc = evaluate(model, *load_mnist("test"))
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out)
-    print(f"{args.kind}: trained {args.epochs or EPOCHS[args.kind]} epochs in {seconds:.1f} s on {args.threads} thread(s); test accuracy "
+    epochs = args.epochs or EPOCHS[args.kind]
+    print(f"{args.kind}: trained {epochs} epochs in {seconds:.1f} s on {args.threads} thread(s); test accuracy "
           f"{acc:.4f} ({round(acc * 1000)}/1000); saved {out} ({out.stat().st_size} bytes)")
 
 

@@ -65,7 +65,7 @@ def unpack_bits(packed: torch.Tensor, bits: int, q_min: int, numel: int) -> torc
 #: Bits per packed word of :func:`pack_signs` (uint64).
 WORD_BITS = 64
 
-__all__ += ["WORD_BITS", "n_words", "pack_signs", "unpack_signs"]
+__all__ += ["WORD_BITS", "n_words", "pack_signs", "pack_negative", "unpack_signs"]
 
 
 def n_words(K: int) -> int:
@@ -115,10 +115,20 @@ def pack_signs(x) -> np.ndarray:
     >>> pack_signs(-np.ones((2, 65))).shape            # K = 65 -> 2 words, the second one padded
     (2, 2)
     """
-    x = _as_signs(x, "x")
-    K = x.shape[-1]
-    bits = np.zeros(x.shape[:-1] + (n_words(K) * WORD_BITS,), dtype=np.uint8)
-    bits[..., :K] = x < 0
+    return pack_negative(_as_signs(x, "x") < 0)
+
+
+def pack_negative(negative: np.ndarray) -> np.ndarray:
+    r"""The packing step of :func:`pack_signs` on a boolean mask ``negative`` = (x < 0), shape (..., K), unchecked.
+
+    For callers that binarize themselves (the packed layers): no ±1 validation, one byte per value.
+
+    >>> pack_negative(np.array([True, False, False, True]))
+    array([9], dtype=uint64)
+    """
+    K = negative.shape[-1]
+    bits = np.zeros(negative.shape[:-1] + (n_words(K) * WORD_BITS,), dtype=np.uint8)
+    bits[..., :K] = negative
     packed = np.packbits(bits, axis=-1, bitorder="little")          # byte b, bit i = element 8 b + i
     return np.ascontiguousarray(packed).view("<u8").astype(np.uint64, copy=False)
 

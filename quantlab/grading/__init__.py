@@ -11,8 +11,7 @@ lab 05 ``kl_divergence``, ``quantize_histogram``; lab 08 ``pack_sign_bits``, ``x
 ``binarize_with_alpha``.
 """
 
-from . import checks_calibration, checks_engine, checks_granularity, checks_linear  # noqa: F401 - registers
-from . import checks_binary  # noqa: F401 - registers lab 08
+from . import checks_binary, checks_calibration, checks_engine, checks_granularity, checks_linear  # noqa: F401
 from .core import (
     DEFAULT_TIMEOUT,
     REGISTRY,
