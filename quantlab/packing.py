@@ -7,6 +7,7 @@ Bit order: value j of a byte sits in bits [j w, (j + 1) w) — the first value i
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ._checks import check_bits
@@ -53,3 +54,98 @@ def unpack_bits(packed: torch.Tensor, bits: int, q_min: int, numel: int) -> torc
     shifts = torch.arange(k, dtype=torch.int64) * w
     u = (packed.to(torch.int64).view(-1, 1) >> shifts) & (2**w - 1)
     return u.flatten()[:numel] + q_min
+
+
+# ---------------------------------------------------------------------------------------------------
+# ±1 signs of binary networks, packed along the reduction dimension K into 64-bit words (larq's layout):
+#   bit = 1 for -1 and 0 for +1;  element k of a row sits in word k // 64, bit k % 64 (LSB first);
+#   a ragged K is padded with 0 bits (+1) — the binary GEMM masks the padding, so it cannot change a result.
+# ---------------------------------------------------------------------------------------------------
+
+#: Bits per packed word of :func:`pack_signs` (uint64).
+WORD_BITS = 64
+
+__all__ += ["WORD_BITS", "n_words", "pack_signs", "pack_negative", "unpack_signs"]
+
+
+def n_words(K: int) -> int:
+    """Number of 64-bit words that hold K signs: ceil(K / 64).
+
+    >>> n_words(64), n_words(65), n_words(1)
+    (1, 2, 1)
+    """
+    if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 1:
+        raise ValueError(f"K (the reduction length) must be a positive integer; got {K!r}.")
+    return -(-int(K) // WORD_BITS)
+
+
+def _as_signs(x, name: str) -> np.ndarray:
+    """x as a NumPy array of exact ±1 values (CPU copy of a torch tensor on any device), or a clear error."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if x.dtype.kind not in "fiub" or x.dtype.kind == "b":
+        raise TypeError(f"{name} must be a numeric array of ±1 values; got dtype {x.dtype}.")
+    if x.ndim == 0 or x.shape[-1] == 0:
+        raise ValueError(f"{name} must have a non-empty last axis K (the reduction axis); got shape {x.shape}.")
+    bad = (x != 1) & (x != -1)
+    if bad.any():
+        v = x[bad].flat[0]
+        raise ValueError(
+            f"{name} must contain only +1 and -1; found {int(bad.sum())} other value(s), e.g. {v!r}. "
+            "Binarize it first: quantlab.binary.binarize(x) (sign with sign(0) = +1)."
+        )
+    return x
+
+
+def pack_signs(x) -> np.ndarray:
+    r"""Pack ±1 values along the last axis (K, the reduction axis) into uint64 words, 64 signs per word.
+
+    bit_k = 1 if x_k = -1 else 0 (larq's convention); word j holds x[..., 64 j : 64 j + 64], element 64 j + i
+    in bit i (least significant first). A ragged K is padded with 0 bits (= +1) up to ceil(K / 64) words;
+    :func:`quantlab.binary.xnor_gemm` masks those bits, so padding never changes a result.
+    Memory: ceil(K/64) * 8 bytes per row instead of 4 K bytes in float32 — 32x smaller when 64 | K.
+
+    Shapes: x (..., K) of exact ±1 values (float or int, NumPy or torch on any device: CPU-only, a tensor is
+    copied to the CPU) -> uint64 NumPy array (..., ceil(K / 64)).
+    Raises ValueError for values other than ±1 (binarize first) or an empty K; TypeError for non-numeric input.
+
+    >>> pack_signs(np.array([-1, 1, 1, -1]))          # bits 0 and 3 set: 1 + 8
+    array([9], dtype=uint64)
+    >>> pack_signs(-np.ones((2, 65))).shape            # K = 65 -> 2 words, the second one padded
+    (2, 2)
+    """
+    return pack_negative(_as_signs(x, "x") < 0)
+
+
+def pack_negative(negative: np.ndarray) -> np.ndarray:
+    r"""The packing step of :func:`pack_signs` on a boolean mask ``negative`` = (x < 0), shape (..., K), unchecked.
+
+    For callers that binarize themselves (the packed layers): no ±1 validation, one byte per value.
+
+    >>> pack_negative(np.array([True, False, False, True]))
+    array([9], dtype=uint64)
+    """
+    K = negative.shape[-1]
+    bits = np.zeros(negative.shape[:-1] + (n_words(K) * WORD_BITS,), dtype=np.uint8)
+    bits[..., :K] = negative
+    packed = np.packbits(bits, axis=-1, bitorder="little")          # byte b, bit i = element 8 b + i
+    return np.ascontiguousarray(packed).view("<u8").astype(np.uint64, copy=False)
+
+
+def unpack_signs(packed, K: int) -> np.ndarray:
+    r"""Inverse of :func:`pack_signs`: the first K signs of each row, float32 ±1, shape (..., K).
+
+    Raises ValueError if ``packed`` is not uint64 with ceil(K / 64) words on its last axis.
+
+    >>> unpack_signs(np.array([9], dtype=np.uint64), 4)
+    array([-1.,  1.,  1., -1.], dtype=float32)
+    """
+    packed = np.asarray(packed)
+    if packed.dtype != np.uint64:
+        raise TypeError(f"packed must be uint64 words from pack_signs; got dtype {packed.dtype}.")
+    if packed.ndim == 0 or packed.shape[-1] != n_words(K):
+        raise ValueError(f"packed has {packed.shape[-1:] or 'no'} words per row; K={K} needs {n_words(K)}.")
+    as_bytes = np.ascontiguousarray(packed).astype("<u8", copy=False).view(np.uint8)
+    bits = np.unpackbits(as_bytes, axis=-1, bitorder="little")[..., :K]
+    return (1.0 - 2.0 * bits).astype(np.float32)

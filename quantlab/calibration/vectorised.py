@@ -96,7 +96,8 @@ def curve(h: np.ndarray, a: int, ends: np.ndarray, n: int, metric: str, merge: s
         rev = np.where(S > 0, rev, 0.0)
         for j, Qj, dj in ((e, Q_last, d_last), (np.full_like(e, a), Q_first, d_first)):
             Hj = h[j] / T
-            rev += np.where((Qj > 0) & (dj > 0), Qj * np.log(np.where(Qj > 0, Hj, 1.0) / np.where(Qj > 0, Hj + dj, 1.0)), 0.0)
+            ratio = np.where(Qj > 0, Hj, 1.0) / np.where(Qj > 0, Hj + dj, 1.0)
+            rev += np.where((Qj > 0) & (dj > 0), Qj * np.log(ratio), 0.0)
         d = d + rev
     return d
 

@@ -8,10 +8,12 @@ In a lab, right after an exercise cell::
 Registered exercises (id = function name): lab 01 ``quantize``, ``dequantize``, ``asymmetric_params``,
 ``symmetric_params``; lab 02 ``per_channel_minmax``, ``per_channel_scale``; lab 03 ``log_quantize``,
 ``kmeans_step``; lab 04 ``requant_multiplier``; lab 05 ``kl_divergence``, ``quantize_histogram``;
-lab 06 ``bias_correction``, ``weight_correction``.
+lab 06 ``bias_correction``, ``weight_correction``; lab 08 ``pack_sign_bits``, ``xnor_popcount_dot``,
+``binarize_with_alpha``.
 """
 
 from . import (  # noqa: F401 - each module registers its exercises
+    checks_binary,
     checks_calibration,
     checks_correction,
     checks_engine,
