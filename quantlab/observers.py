@@ -11,6 +11,9 @@ hook), then ask it for quantization parameters with ``observer.qparams(bits)``.
 - :class:`HistogramObserver`           the histogram P_f of all values seen, on ``bins`` equal bins over
   [r_min, r_max]; when a batch widens the range the old histogram is re-binned into the new one.
 
+Devices: the min/max observers keep their statistics on the device of the batches (one device per
+observer); the histogram observer copies each batch to the CPU (NumPy).
+
 ``qparams`` returns a :class:`quantlab.granularity.QParams` (s, z, q_min, q_max) computed by
 :func:`quantlab.granularity.qparams_from_range` (same rules as PyTorch's observers). The histogram feeds
 :func:`quantlab.calibration.calibrate`.
@@ -50,7 +53,11 @@ class _RangeObserver:
         return x
 
     def _batch(self, x) -> torch.Tensor:
-        return as_float_tensor(x, "x").detach().float()
+        t = as_float_tensor(x, "x").detach().float()
+        if self.min_val is not None and t.device != self.min_val.device:
+            raise ValueError(f"x is on {t.device} but earlier batches were on {self.min_val.device}; feed one "
+                             f"observer from one device (x = x.to('{self.min_val.device}')).")
+        return t
 
     def _need_data(self):
         if self.min_val is None:
@@ -217,8 +224,9 @@ class HistogramObserver(_RangeObserver):
     the batch is added. Total mass is exact; each re-binning moves mass by less than one old bin.
 
     Attributes: ``hist`` (bins,) float64 counts, ``bin_edges`` (bins+1,), ``min_val``, ``max_val``,
-    ``n_seen``. ``qparams`` uses min/max; :func:`quantlab.calibration.calibrate` (observer, "kl", ...)
-    runs the searches.
+    ``n_seen``. CPU-only by design: ``update`` copies each batch to the CPU (NumPy histograms), so
+    batches may come from any device; ``min_val``/``max_val`` are CPU tensors. ``qparams`` uses min/max;
+    :func:`quantlab.calibration.calibrate` (observer, "kl", ...) runs the searches.
 
     >>> obs = HistogramObserver(bins=2048); obs.update(torch.randn(1000)); obs.update(3 * torch.randn(1000))
     >>> hist, edges = obs.histogram(); int(hist.sum())
@@ -236,7 +244,7 @@ class HistogramObserver(_RangeObserver):
     def update(self, x) -> None:
         """Add one batch to the histogram, widening (and re-binning) first if it falls outside the range."""
         t = as_float_tensor(x, "x").detach()  # keep float64 data in float64
-        a = t.reshape(-1).double().numpy()
+        a = t.reshape(-1).cpu().double().numpy()  # NumPy histogram: the batch is copied to the CPU
         lo, hi = float(a.min()), float(a.max())
         if self.hist is None:
             new_lo, new_hi = lo, hi

@@ -36,7 +36,7 @@ def pack_bits(q: torch.Tensor, bits: int, q_min: int) -> torch.Tensor:
     k = 8 // w
     u = q - q_min
     u = torch.cat([u, u.new_zeros((-u.numel()) % k)]).view(-1, k)
-    shifts = torch.arange(k, dtype=torch.int64) * w
+    shifts = torch.arange(k, dtype=torch.int64, device=u.device) * w
     return (u << shifts).sum(dim=1).to(torch.uint8)
 
 
@@ -50,6 +50,6 @@ def unpack_bits(packed: torch.Tensor, bits: int, q_min: int, numel: int) -> torc
     if w == 8:
         return packed.to(torch.int64)[:numel]
     k = 8 // w
-    shifts = torch.arange(k, dtype=torch.int64) * w
+    shifts = torch.arange(k, dtype=torch.int64, device=packed.device) * w
     u = (packed.to(torch.int64).view(-1, 1) >> shifts) & (2**w - 1)
     return u.flatten()[:numel] + q_min
