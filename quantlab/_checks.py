@@ -35,6 +35,7 @@ def as_float_tensor(r, name: str = "r", allow_empty: bool = False) -> torch.Tens
         t = torch.as_tensor(r, dtype=torch.float32)
     else:
         raise TypeError(f"{name} must be a torch.Tensor, numpy array or number; got {type(r).__name__}.")
+    _no_meta(t, name)
     if not t.is_floating_point():
         raise TypeError(
             f"{name} must be a floating-point tensor; got dtype {t.dtype}. "
@@ -49,6 +50,12 @@ def as_float_tensor(r, name: str = "r", allow_empty: bool = False) -> torch.Tens
             f"Find where they come from, or drop them with {name}[torch.isfinite({name})]."
         )
     return t
+
+
+def _no_meta(t: torch.Tensor, name: str) -> None:
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is on the 'meta' device: it has a shape but no data. Create it with real "
+                         f"values, e.g. on 'cpu' or 'cuda'.")
 
 
 def from_tensor(out: torch.Tensor, like):
@@ -181,6 +188,7 @@ def check_int_tensor(q, name: str = "q", allow_empty: bool = False) -> torch.Ten
         if q is None or isinstance(q, (str, bytes, bool)) or not isinstance(q, (numbers.Real, list, tuple)):
             raise TypeError(f"{name} must be an integer tensor; got {type(q).__name__}.")
         q = torch.as_tensor(q)
+    _no_meta(q, name)
     if q.dtype == torch.bool or q.is_complex():
         raise TypeError(f"{name} must hold integers; got dtype {q.dtype}.")
     if q.numel() == 0 and not allow_empty:
@@ -233,6 +241,7 @@ def check_images(x, name: str = "x", shape: tuple | None = None) -> torch.Tensor
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a float torch.Tensor of images; got {type(x).__name__}. "
                         "Use quantlab.data.load_mnist(...) or torch.as_tensor(...).")
+    _no_meta(x, name)
     if not x.is_floating_point():
         fix = f"{name}.float() / 255" if x.dtype == torch.uint8 else f"{name}.float()"
         raise TypeError(f"{name} must be float images (x = pixel / 255); got dtype {x.dtype} on {x.device}. "
