@@ -10,7 +10,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 from quantlab import dequantize, fake_quantize, qrange, quantize
 from quantlab.engine import int_conv2d, int_linear, quantize_bias, requant_multiplier, requantize, run_int
