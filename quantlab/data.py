@@ -75,14 +75,15 @@ def load_mnist(split: str = "train", n: int | None = None) -> tuple[torch.Tensor
         n: number of images, 1 <= n <= size of the split; None for all.
     Returns:
         x: float32 tensor (N, 1, 28, 28) in [0, 1]; y: int64 tensor (N,) of digits 0..9.
-        Fresh tensors: modifying them does not change later calls.
+        Fresh CPU tensors (move them with ``.to(device)``): modifying them does not change later calls.
     Raises:
         ValueError: unknown split, or n out of range. TypeError: n not an integer.
         FileNotFoundError: ``mnist_5k.npz`` missing (the message says how to remake it).
 
     Example:
         >>> x, y = load_mnist("test", n=8)
-        >>> x.shape, x.dtype, y.dtype   # (torch.Size([8, 1, 28, 28]), torch.float32, torch.int64)
+        >>> x.shape, x.dtype, y.dtype
+        (torch.Size([8, 1, 28, 28]), torch.float32, torch.int64)
     """
     img, lab = _load_split(split)
     if n is not None:
@@ -111,7 +112,8 @@ def calibration_batch(n: int = 256, seed: int = 0) -> torch.Tensor:
 
     Example:
         >>> x_cal = calibration_batch(128)
-        >>> x_cal.shape                 # torch.Size([128, 1, 28, 28])
+        >>> x_cal.shape
+        torch.Size([128, 1, 28, 28])
     """
     img, _ = _load_split("train")
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):

@@ -25,6 +25,12 @@ Real kernels (fbgemm, qnnpack) expand (q_w - z_w)(q_x - z_x) into four terms to 
 int8 x int8; we subtract the zero points first, which is the same integer and reads like the formula.
 They also requantize with a float32 M and round half to even, so they may differ from this engine by 1
 on a few elements (tests: >= 99.9 % identical, never more than 1 apart).
+
+Devices. The integer sums run on the CPU by design: a GPU's float convolution may use TF32 or
+Winograd/FFT algorithms, which are not exact on integers. :func:`int_conv2d` / :func:`int_linear` /
+:func:`requantize` move their inputs to the CPU and return results on the input's device;
+:func:`run_int` moves the batch to the CPU once, runs every layer there and returns the logits on the
+input's device (an :class:`IntModel` always lives on the CPU).
 """
 
 from __future__ import annotations
@@ -34,6 +40,19 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from ._checks import (
+    as_float_tensor,
+    check_images,
+    check_int,
+    check_int_tensor,
+    check_qrange,
+    check_scale,
+    check_tensor_device,
+    check_zero_point,
+)
+from .linear import dequantize, quantize
+from .packing import _width
 
 __all__ = [
     "requant_multiplier",
@@ -88,42 +107,71 @@ def requant_multiplier(M: float) -> tuple[int, int]:
 def requantize(acc, M0, n, z_y, q_min: int, q_max: int) -> torch.Tensor:
     r"""q_y = clip(z_y + ((acc * M0 + 2^(n-1)) >> n), q_min, q_max): integer-only M * acc (round half up).
 
-    Shapes: acc is an int64 tensor (values within int32), channels on dim 1 ((N, C) or (N, C, H, W));
-    M0 and n are Python ints (per tensor) or int64 tensors of shape (C,) (per channel). ``>>`` on a
-    negative int64 is an arithmetic shift (floor), so adding 2^(n-1) first rounds to nearest, ties up.
-    acc * M0 < 2^31 * 2^31 = 2^62 fits int64. Returns int64 values in [q_min, q_max].
+    Shapes: acc is an integer tensor (values within int32), channels on dim 1 ((N, C) or (N, C, H, W));
+    M0 and n are Python ints (per tensor) or integer tensors of shape (C,) (per channel), M0 in
+    [0, 2^31), n >= 0. ``>>`` on a negative int64 is an arithmetic shift (floor), so adding 2^(n-1) first
+    rounds to nearest, ties up. acc * M0 < 2^31 * 2^31 = 2^62 fits int64. Returns int64 values in
+    [q_min, q_max], on acc's device.
+    Raises ValueError for q_min >= q_max, NaN/inf or fractional acc, M0 outside [0, 2^31), negative n,
+    per-channel M0/n whose length is not acc's dim 1, or a z_y that is not an integer in [q_min, q_max].
 
     >>> requantize(torch.tensor([[100, -100, 3]]), *requant_multiplier(0.5), 0, -128, 127)
     tensor([[ 50, -50,   2]])
     """
-    acc = torch.as_tensor(acc).to(torch.int64)
-    M0 = torch.as_tensor(M0, dtype=torch.int64)
-    n = torch.as_tensor(n, dtype=torch.int64)
+    q_min, q_max = check_qrange(q_min, q_max)
+    acc = check_int_tensor(acc, "acc", allow_empty=True)
+    M0 = check_int_tensor(M0, "M0").to(acc.device)
+    n = check_int_tensor(n, "n").to(acc.device)
+    z_y = check_int(z_y, "z_y")
+    if not q_min <= z_y <= q_max:
+        raise ValueError(f"z_y={z_y} is off the output grid [q_min, q_max] = [{q_min}, {q_max}]; the zero "
+                         "point must be one of the grid's integers.")
+    if bool((n < 0).any()):
+        raise ValueError(f"n (the right shift) must be >= 0; got {n.tolist()}. Use requant_multiplier(M).")
+    if bool((M0 < 0).any()) or bool((M0 >= 2**31).any()):
+        raise ValueError("M0 must lie in [0, 2^31) (an int32 multiplier); use requant_multiplier(M).")
+    if M0.shape != n.shape or M0.ndim > 1:
+        raise ValueError(f"M0 and n must be two ints or two (C,) tensors; got shapes {tuple(M0.shape)} and "
+                         f"{tuple(n.shape)}.")
     if M0.ndim == 1:  # per channel: broadcast along dim 1
+        if acc.ndim < 2 or acc.shape[1] != M0.numel():
+            raise ValueError(f"per-channel M0/n have {M0.numel()} entries but acc has shape "
+                             f"{tuple(acc.shape)} (channels on dim 1); they must match.")
         shape = [1, -1] + [1] * (acc.ndim - 2)
         M0, n = M0.view(shape), n.view(shape)
     y = acc * M0
     if bool((n >= 63).any()):  # M < 2^-32: |acc * M0| < 2^62 always rounds to 0; keep shifts in range
         y = torch.where(n >= 63, torch.zeros_like(y), y)
         n = torch.clamp(n, max=62)
-    y += torch.ones_like(n) << (n - 1)  # + 2^(n-1): round half up
+    y += torch.where(n > 0, torch.ones_like(n) << (n - 1).clamp(min=0), torch.zeros_like(n))  # + 2^(n-1)
     y >>= n
-    y += int(z_y)
+    y += z_y
     return y.clamp_(q_min, q_max)
 
 
 def quantize_bias(b, s_w, s_x) -> torch.Tensor:
     r"""q_b = round(b / (s_w * s_x)) as int32, zero point 0: the bias on the accumulator's own scale.
 
-    Shapes: b (C,) float; s_w a number or (C,) (per channel); s_x a number. Returns int32 (C,).
-    Raises OverflowError if a value does not fit in int32 (scales far too small for this bias).
+    Shapes: b (C,) float; s_w a number or (C,) (per channel); s_x a number. Returns int32 (C,) on b's
+    device (computed in float64).
+    Raises ValueError for NaN/inf in b, s_w or s_x not finite and > 0 (s = 0 would give -2^31, s_x < 0
+    would flip the sign), s_w of the wrong length; OverflowError if a value does not fit in int32
+    (scales far too small for this bias).
 
     >>> quantize_bias(torch.tensor([0.5, -0.25]), 0.01, 0.1)
     tensor([ 500, -250], dtype=torch.int32)
     """
-    b = torch.as_tensor(b, dtype=torch.float64)
-    scale = torch.as_tensor(s_w, dtype=torch.float64) * float(s_x)
-    q_b = torch.round(b / scale)
+    b_t = as_float_tensor(b, "b")
+    s_w_t = check_scale(s_w, "s_w")
+    check_scale(s_x, "s_x")
+    if s_w_t.numel() != 1 and s_w_t.reshape(-1).shape != b_t.reshape(-1).shape:
+        raise ValueError(f"s_w must be one number or one per channel ({b_t.numel()}); got shape "
+                         f"{tuple(s_w_t.shape)}.")
+    if torch.as_tensor(s_x).numel() != 1:
+        raise ValueError("s_x must be one number (the input's scale).")
+    b64 = b_t.to(torch.float64)
+    scale = torch.as_tensor(s_w, dtype=torch.float64).to(b64.device) * float(s_x)
+    q_b = torch.round(b64 / scale.reshape(-1) if scale.numel() > 1 else b64 / scale)
     if bool((q_b.abs() > INT32_MAX).any()):
         raise OverflowError("bias does not fit in int32 at scale s_w * s_x; check the scales.")
     return q_b.to(torch.int32)
@@ -148,40 +196,79 @@ def _check_acc(acc: torch.Tensor, where: str) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------
 
 
+def _matmul_args(q_x, z_x, q_w, z_w, q_b, x_ndim: int, w_ndim: int):
+    """Check and convert the arguments of int_conv2d / int_linear: (x - z_x, w - z_w, q_b) as int64 on CPU."""
+    q_x = check_int_tensor(q_x, "q_x")
+    q_w = check_int_tensor(q_w, "q_w")
+    check_tensor_device(q_x, q_w, "q_x", "q_w")
+    if q_x.ndim != x_ndim or q_w.ndim != w_ndim:
+        raise ValueError(f"q_x must have {x_ndim} dimensions and q_w {w_ndim}; got shapes {tuple(q_x.shape)} "
+                         f"and {tuple(q_w.shape)}.")
+    c_out = q_w.shape[0]
+    z_w = check_zero_point(z_w, None, None, "z_w")
+    if z_w.numel() not in (1, c_out):
+        raise ValueError(f"z_w must be one int or one per output channel ({c_out}); got shape {tuple(z_w.shape)}.")
+    x = q_x.cpu() - check_int(z_x, "z_x")
+    w = q_w.cpu() - z_w.cpu().reshape([-1] + [1] * (w_ndim - 1))
+    if q_b is not None:
+        q_b = check_int_tensor(q_b, "q_b").cpu()
+        if tuple(q_b.shape) != (c_out,):
+            raise ValueError(f"q_b must have shape ({c_out},) (one per output channel); got {tuple(q_b.shape)}.")
+    return x, w, q_b
+
+
 def int_conv2d(q_x, z_x, q_w, z_w, q_b=None, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
     r"""acc[n, c] = sum_{k, i, j} (q_w[c, k, i, j] - z_w[c]) (q_x[n, k, .+i, .+j] - z_x) + q_b[c], exactly.
 
     Shapes: q_x (N, C_in, H, W) integers; q_w (C_out, C_in/groups, kh, kw) integers; z_x an int; z_w an
     int or (C_out,); q_b (C_out,) int32 or None. Zero padding pads (q_x - z_x) with 0, i.e. with r = 0.
-    Returns the int64 accumulator (N, C_out, H', W') (values within int32; OverflowError otherwise).
+    Returns the int64 accumulator (N, C_out, H', W') (values within int32; OverflowError otherwise), on
+    q_x's device (computed on the CPU, see the module docstring).
+    Raises ValueError for fractional/NaN q_x or q_w, a fractional z_x or z_w, channel counts that do not
+    match (C_in vs q_w), a kernel larger than the padded image, or q_b of the wrong length.
 
-    >>> acc = int_conv2d(torch.ones(1, 1, 3, 3, dtype=torch.int64), 0, torch.ones(2, 1, 3, 3), 0)
+    >>> int_conv2d(torch.ones(1, 1, 3, 3, dtype=torch.int64), 0, torch.ones(2, 1, 3, 3), 0).flatten()
+    tensor([9, 9])
     """
-    x = torch.as_tensor(q_x).to(torch.int64) - int(z_x)
-    w = torch.as_tensor(q_w).to(torch.int64) - torch.as_tensor(z_w, dtype=torch.int64).reshape(-1, 1, 1, 1)
+    x, w, q_b = _matmul_args(q_x, z_x, q_w, z_w, q_b, 4, 4)
+    if x.shape[1] != w.shape[1] * groups:
+        raise ValueError(f"q_x has {x.shape[1]} input channels but q_w expects {w.shape[1] * groups} "
+                         f"(shape {tuple(w.shape)}, groups={groups}); check the layer's input.")
+    pad, dil = _as_pair(padding), _as_pair(dilation)
+    for d, (size, k) in enumerate(zip(x.shape[2:], w.shape[2:])):
+        if size + 2 * pad[d] < dil[d] * (k - 1) + 1:
+            raise ValueError(f"q_x of shape {tuple(x.shape)} is smaller than the kernel {tuple(w.shape[2:])} "
+                             f"(padding {pad}); pass larger images.")
     dt = _exact_dtype(x, w, w[0].numel())
     acc = F.conv2d(x.to(dt), w.to(dt), None, stride, padding, dilation, groups)  # exact (module docstring)
     acc = acc.round_().to(torch.int64)
     if q_b is not None:
-        acc += torch.as_tensor(q_b).to(torch.int64).view(1, -1, 1, 1)
-    return _check_acc(acc, "int_conv2d")
+        acc += q_b.view(1, -1, 1, 1)
+    return _check_acc(acc, "int_conv2d").to(torch.as_tensor(q_x).device)
 
 
 def int_linear(q_x, z_x, q_w, z_w, q_b=None) -> torch.Tensor:
     r"""acc[n, c] = sum_k (q_w[c, k] - z_w[c]) (q_x[n, k] - z_x) + q_b[c], exactly (see int_conv2d).
 
-    Shapes: q_x (N, K), q_w (C, K) integers; z_w int or (C,); q_b (C,) or None. Returns int64 (N, C).
+    Shapes: q_x (N, K), q_w (C, K) integers; z_w int or (C,); q_b (C,) or None. Returns int64 (N, C) on
+    q_x's device (computed on the CPU). Raises ValueError as int_conv2d (K of q_x vs q_w, ...).
 
     >>> int_linear(torch.tensor([[1, 2]]), 0, torch.tensor([[3, 4]]), 0, torch.tensor([5]))
     tensor([[16]])
     """
-    x = torch.as_tensor(q_x).to(torch.int64) - int(z_x)
-    w = torch.as_tensor(q_w).to(torch.int64) - torch.as_tensor(z_w, dtype=torch.int64).reshape(-1, 1)
+    x, w, q_b = _matmul_args(q_x, z_x, q_w, z_w, q_b, 2, 2)
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"q_x has {x.shape[1]} features per row but q_w expects {w.shape[1]} "
+                         f"(shape {tuple(w.shape)}); check the image size / the layer's input.")
     dt = _exact_dtype(x, w, w.shape[1])
     acc = torch.round(x.to(dt) @ w.to(dt).T).to(torch.int64)  # exact (module docstring)
     if q_b is not None:
-        acc = acc + torch.as_tensor(q_b).to(torch.int64).view(1, -1)
-    return _check_acc(acc, "int_linear")
+        acc = acc + q_b.view(1, -1)
+    return _check_acc(acc, "int_linear").to(torch.as_tensor(q_x).device)
+
+
+def _as_pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -323,8 +410,8 @@ class IntModel:
     def size_bytes(self, packed: bool = False) -> int:
         """Bytes the engine stores: weights (int8), int32 biases, (s_w, z_w, M0, n) per channel.
 
-        packed=True counts the weights as if sub-8-bit values were packed (2 per byte at 3-4 bits,
-        4 at 2 bits), as :func:`quantlab.ptq.pack_bits` does; the engine itself keeps them in int8.
+        packed=True counts the weights as :func:`quantlab.packing.pack_bits` stores them (2 per byte at
+        3-4 bits, 4 at 2 bits, 8 at 1 bit); the engine itself keeps them in int8.
         """
         total = 0
         for layer in self.layers:
@@ -333,44 +420,64 @@ class IntModel:
                     if t is not None:
                         total += t.numel() * t.element_size()
                 if packed:
-                    width = next(w for w in (1, 2, 4, 8) if self.weight_bits <= w)
                     total -= layer.q_w.numel() * layer.q_w.element_size()
-                    total += -(-layer.q_w.numel() * width // 8)
+                    total += -(-layer.q_w.numel() * _width(self.weight_bits) // 8)
         return total
 
     def __call__(self, x):
         return run_int(self, x)
 
 
-def _quantize_input(x, s, z, q_min, q_max) -> torch.Tensor:
-    x = torch.as_tensor(x, dtype=torch.float32)
-    return torch.clamp(torch.round(x / s + z), q_min, q_max).to(torch.int64)
+def _input_check(qmodel: IntModel, x: torch.Tensor) -> None:
+    """The batch fits the first integer layer (channels / features), or a ValueError naming x_float."""
+    first = qmodel.layers[0] if qmodel.layers else None
+    if isinstance(first, IntConv2d):
+        c_in = first.q_w.shape[1] * first.groups
+        if x.ndim != 4 or x.shape[1] != c_in:
+            raise ValueError(f"x_float must have shape (N, {c_in}, H, W) for the first layer {first.name!r}; "
+                             f"got {tuple(x.shape)}.")
+    elif isinstance(first, IntLinear) and (x.ndim != 2 or x.shape[1] != first.q_w.shape[1]):
+        raise ValueError(f"x_float must have shape (N, {first.q_w.shape[1]}) for the first layer "
+                         f"{first.name!r}; got {tuple(x.shape)}.")
 
 
 def run_int(qmodel: IntModel, x_float, intermediates: bool = False):
     r"""Integer-only inference: quantize the input once, run integer layers, dequantize only the logits.
 
-    q_x = clip(round(x / s_x + z_x), q_min, q_max);  every layer maps integers to integers;
-    logits = s_y (q_y - z_y) for the last layer.
+    q_x = clip(round(x / s_x + z_x), q_min, q_max) (:func:`quantlab.linear.quantize`); every layer maps
+    integers to integers; logits = s_y (q_y - z_y) (:func:`quantlab.linear.dequantize`) for the last layer.
 
-    Shapes: x_float (N, 1, 28, 28) float32 for the lab's CNN. Returns float32 logits (N, 10); with
-    ``intermediates=True`` returns (logits, records) where records is a list of dicts
-    {"name", "kind", "q_in", "acc" (int32 accumulator or None), "q_out"}, one per layer.
+    Shapes: x_float (N, 1, 28, 28) float for the lab's CNN, on any device. Returns float32 logits (N, 10)
+    on x_float's device; with ``intermediates=True`` returns (logits, records) where records is a list of
+    dicts {"name", "kind", "q_in", "acc" (int32 accumulator or None), "q_out"}, one per layer (on the CPU).
+    The batch is moved to the CPU once and the integer layers run there (see the module docstring).
+    Raises TypeError for a non-IntModel or non-float x_float (raw uint8 pixels: divide by 255);
+    ValueError for an empty batch, NaN/inf in x_float (named as such), or a shape the first layer cannot
+    take; a ValueError inside a layer is re-raised with the layer's name.
 
-    >>> logits = run_int(convert(model, act_params), x)             # doctest: +SKIP
+    >>> from quantlab.ptq import calibrate_activations, convert
+    >>> m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    >>> x = torch.rand(8, 1, 2, 2)
+    >>> logits = run_int(convert(m, calibrate_activations(m, x, input_shape=(1, 2, 2))), x)
+    >>> logits.shape, bool((logits - m(x)).abs().max() < 0.05)
+    (torch.Size([8, 2]), True)
     """
+    if not isinstance(qmodel, IntModel):
+        raise TypeError(f"qmodel must be an IntModel (from quantlab.ptq.convert); got {type(qmodel).__name__}.")
+    x = check_images(x_float, "x_float")
+    _input_check(qmodel, x)
     s, z, q_min, q_max = qmodel.input_qparams
-    q = _quantize_input(x_float, s, z, q_min, q_max)
+    q = quantize(x.detach().to("cpu", torch.float32), s, z, q_min, q_max).to(torch.int64)  # once per call
     records = []
     for layer in qmodel.layers:
-        if isinstance(layer, _IntMatmulLayer):
-            acc, q_out = layer.forward(q)
-        else:
-            acc, q_out = None, layer(q)
+        try:
+            acc, q_out = layer.forward(q) if isinstance(layer, _IntMatmulLayer) else (None, layer(q))
+        except ValueError as e:
+            raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}): {e}") from e
         if intermediates:
             records.append({"name": layer.name, "kind": type(layer).__name__, "q_in": q, "acc": acc,
                             "q_out": q_out})
         q = q_out
     s_y, z_y = qmodel.output_qparams[:2]
-    logits = (s_y * (q.to(torch.float32) - z_y)).to(torch.float32)
+    logits = dequantize(q, s_y, z_y).to(x.device)
     return (logits, records) if intermediates else logits

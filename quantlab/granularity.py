@@ -219,9 +219,14 @@ def fake_quantize_weights(model: torch.nn.Module, bits: int, granularity: Granul
     stored counterpart (packed integers + (s, z), per-tensor or per-channel, 2–8 bits) with measured size.
     Each weight gets its own (s, z) at the given granularity (biases stay FP32). For ``PerGroup(g)``, a layer
     whose row length (C_in·k_h·k_w) is not a multiple of g — e.g. a first conv with rows of 9 — falls back
-    to one group per row (= per-channel). ``model`` is not modified.
+    to one group per row (= per-channel). ``model`` is not modified; the copy is on ``model``'s device.
+    Built with the model walker :func:`quantlab.models.replace_layers`: a bad weight (NaN/inf) is a
+    ValueError naming its layer; a non-model is a TypeError; a meta or half-moved model a ValueError.
 
-    >>> m4 = fake_quantize_weights(load_trained(), 4, PerChannel(0))
+    >>> lin = torch.nn.Linear(4, 2)
+    >>> m2 = fake_quantize_weights(lin, 2)            # 2 bits, narrow symmetric grid: levels -s, 0, s
+    >>> [len(torch.unique(row)) <= 3 for row in m2.weight.detach()]
+    [True, True]
     """
     from .models import replace_layers
 

@@ -16,6 +16,8 @@ import torch
 from ._checks import (
     as_float_tensor,
     check_bits,
+    check_broadcast,
+    check_int_tensor,
     check_qrange,
     check_scale,
     check_zero_point,
@@ -26,6 +28,7 @@ __all__ = ["qrange", "scale_zero_point", "quantize", "dequantize", "fake_quantiz
 
 #: Smallest scale ever returned (PyTorch observers use the same floor): an all-zero tensor gets s = EPS.
 EPS = float(torch.finfo(torch.float32).eps)
+_F32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def qrange(bits: int, signed: bool = True, narrow: bool = False) -> tuple[int, int]:
@@ -70,7 +73,8 @@ def scale_zero_point(r_min, r_max, q_min: int, q_max: int, symmetric: bool = Fal
     and nothing divides by zero; a constant c != 0 becomes the range [0, c] (asymmetric) and lands on
     the end level of the grid, so r_hat = s * (q - z) equals c up to float32 rounding (at most 1 ulp;
     s * (q_max - q_min) is not always exactly c in float32). A tiny c with |c| < (q_max - q_min) * EPS
-    is rounded to the EPS grid instead.
+    is rounded to the EPS grid instead. A range so wide that r_max - r_min overflows float32 (ends near
+    ±3e38) is computed in float64; s stays finite (capped at the largest float32 only at 1 bit).
 
     Shapes: r_min and r_max are numbers or tensors of the same shape; s (float32) and z (int64) have it.
     Raises ValueError if r_min > r_max anywhere, or for NaN/inf, and for bad q_min/q_max (symmetric
@@ -104,7 +108,11 @@ def scale_zero_point(r_min, r_max, q_min: int, q_max: int, symmetric: bool = Fal
         s = torch.clamp(s, min=EPS)
         z = torch.zeros_like(s, dtype=torch.int64)
     else:
-        s = torch.clamp((r_max - r_min) / (q_max - q_min), min=EPS)
+        s = (r_max - r_min) / (q_max - q_min)
+        if not bool(torch.isfinite(s).all()):  # r_max - r_min overflowed float32 (ranges near ±3e38)
+            wide = (r_max.double() - r_min.double()) / (q_max - q_min)
+            s = torch.where(torch.isfinite(s), s, wide.clamp(max=_F32_MAX).to(torch.float32))
+        s = torch.clamp(s, min=EPS)
         z = torch.clamp(q_min - torch.round(r_min / s), q_min, q_max).to(torch.int64)
     return s, z
 
@@ -123,8 +131,8 @@ def quantize(r, s, z, q_min: int, q_max: int):
     q_min, q_max = check_qrange(q_min, q_max)
     t = as_float_tensor(r, "r")
     t = t.to(torch.promote_types(t.dtype, torch.float32))  # float16/bfloat16 are too coarse for r/s + z
-    s_t = check_scale(s)
-    z_t = check_zero_point(z, q_min, q_max)
+    s_t = check_broadcast(check_scale(s), t, "s")
+    z_t = check_broadcast(check_zero_point(z, q_min, q_max), t, "z")
     q = torch.clamp(torch.round(t / s_t + z_t), q_min, q_max)
     return from_tensor(q.to(torch.int32), r)
 
@@ -132,14 +140,17 @@ def quantize(r, s, z, q_min: int, q_max: int):
 def dequantize(q, s, z):
     r"""r_hat = s * (q - z): the real value that the integer q stands for (the inverse of quantize).
 
-    Shapes: q is any shape (integers, any dtype); s and z broadcast against q. Returns float32.
+    Shapes: q is any shape (integers of any dtype, or integer-valued floats); s and z broadcast against q
+    and are moved to q's device. Returns float32 of q's shape, on q's device.
+    Raises ValueError for NaN/inf or fractional q, s <= 0 or non-finite, NaN or fractional z (z = 0.5
+    would shift every value by s/2), or s/z that do not broadcast against q; TypeError for a non-numeric q.
 
     >>> dequantize(torch.tensor([-8, 0, 3, 7]), 0.1, 0)
     tensor([-0.8000,  0.0000,  0.3000,  0.7000])
     """
-    q_t = torch.as_tensor(q) if not isinstance(q, torch.Tensor) else q
-    s_t = check_scale(s)
-    z_t = torch.as_tensor(z) if not isinstance(z, torch.Tensor) else z
+    q_t = check_int_tensor(q, "q", allow_empty=True)
+    s_t = check_broadcast(check_scale(s), q_t, "s", "q")
+    z_t = check_broadcast(check_zero_point(z, None, None), q_t, "z", "q")
     out = s_t * (q_t.to(torch.float32) - z_t.to(torch.float32))
     return from_tensor(out, q)
 
@@ -188,7 +199,7 @@ def fake_quantize(r, s, z, q_min: int, q_max: int):
     q_min, q_max = check_qrange(q_min, q_max)
     t = as_float_tensor(r, "r")
     dtype = torch.promote_types(t.dtype, torch.float32)  # compute float16/bfloat16 input in float32
-    s_t = check_scale(s).to(dtype)
-    z_t = check_zero_point(z, q_min, q_max).to(dtype)
+    s_t = check_broadcast(check_scale(s), t, "s").to(dtype)
+    z_t = check_broadcast(check_zero_point(z, q_min, q_max), t, "z").to(dtype)
     out = FakeQuantizeSTE.apply(t.to(dtype), s_t, z_t, q_min, q_max).to(t.dtype)
     return from_tensor(out, r)

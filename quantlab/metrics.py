@@ -6,14 +6,15 @@ import math
 
 import torch
 
-from ._checks import as_float_tensor, check_bits
+from ._checks import as_float_tensor, check_bits, check_model, check_tensor_device
 
 __all__ = ["mse", "sqnr_db", "compression_ratio", "tensor_size_bytes", "model_size_bytes"]
 
 
 def _pair(r, r_hat):
-    a = as_float_tensor(r, "r").double()
-    b = as_float_tensor(r_hat, "r_hat").double()
+    a, b = as_float_tensor(r, "r"), as_float_tensor(r_hat, "r_hat")
+    check_tensor_device(a, b, "r", "r_hat")
+    a, b = a.double(), b.double()
     if a.shape != b.shape:
         raise ValueError(f"r and r_hat must have the same shape; got {tuple(a.shape)} and {tuple(b.shape)}.")
     return a, b
@@ -71,6 +72,9 @@ def model_size_bytes(model: torch.nn.Module, bits: int | None = None, per_channe
     >>> round(model_size_bytes(torch.nn.Linear(100, 10)) / model_size_bytes(torch.nn.Linear(100, 10), 8), 2)
     3.85
     """
+    check_model(model)
+    if bits is not None:
+        check_bits(bits, low=1, high=32)
     total = 0.0
     for p in model.parameters():
         if bits is None or p.ndim < 2:

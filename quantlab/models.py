@@ -23,7 +23,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._checks import check_model
+from ._checks import (
+    check_images,
+    check_model,
+    check_positive_float,
+    check_positive_int,
+    check_same_device,
+    model_device,
+)
 from .data import data_dir, load_mnist
 
 __all__ = [
@@ -45,7 +52,8 @@ class SmallCNN(nn.Sequential):
 
     Example:
         >>> model = SmallCNN()
-        >>> model(torch.zeros(2, 1, 28, 28)).shape   # torch.Size([2, 10])
+        >>> model(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
     """
 
     def __init__(self, c1: int = 16, c2: int = 32, hidden: int = 64, n_classes: int = 10):
@@ -106,15 +114,22 @@ def train(
         threads: torch threads during training (None: leave the current setting).
     Returns:
         The trained model, in eval mode.
+    Device: trains on the CPU (the lab's model is small; bit-identical weights need one device) and
+    returns a CPU model; move it with ``model.to(device)``.
     Raises:
-        ValueError: epochs < 1; FileNotFoundError if the data file is missing (see ``load_mnist``).
+        ValueError: epochs, batch_size or n < 1, lr <= 0 or not finite, max_shift < 0;
+        TypeError: a non-integer count; FileNotFoundError if the data file is missing (see ``load_mnist``).
 
     Example:
-        >>> model = train(epochs=1, n=500, progress=False)
-        >>> evaluate(model, *load_mnist("test"))       # a float in [0, 1]
+        >>> model = train(epochs=1, n=64, progress=False)          # one step; the real run: epochs=12
+        >>> 0.0 <= evaluate(model, *load_mnist("test", n=100)) <= 1.0, model.training
+        (True, False)
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1; got {epochs}.")
+    epochs = check_positive_int(epochs, "epochs")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    lr = check_positive_float(lr, "lr")
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
+        raise ValueError(f"max_shift must be an integer >= 0 (pixels); got {max_shift!r}.")
     from tqdm.auto import tqdm
 
     x, y = load_mnist("train", n)
@@ -156,28 +171,38 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     """Top-1 accuracy = (1/N) * sum_i [argmax_k model(x)_ik == y_i], computed in eval mode, no grad.
 
     Args:
-        model: maps (B, 1, 28, 28) float32 to logits (B, 10). x: float32 (N, 1, 28, 28). y: int64 (N,).
+        model: maps (B, 1, 28, 28) float32 to logits (B, 10). x: float32 (N, 1, 28, 28) on the model's
+        device. y: int64 (N,) labels (moved to the model's device once if they are elsewhere).
         batch_size: images per forward pass.
     Returns:
-        Accuracy, a Python float in [0, 1]. The model's train/eval mode is restored afterwards.
+        Accuracy, a Python float in [0, 1]. The model's train/eval mode is restored afterwards. The count
+        stays on the device until the end (one transfer per call, not per batch).
     Raises:
-        ValueError: x and y have different lengths, or are empty.
+        TypeError: model is not an nn.Module, x is not a float tensor (uint8 pixels: divide by 255).
+        ValueError: x and y have different lengths, are empty or non-finite; x is on another device than
+        the model; the model is on the meta device or split across devices.
 
     Example:
         >>> x, y = load_mnist("test")
-        >>> evaluate(load_trained(), x, y)           # ~0.98
+        >>> evaluate(load_trained(), x, y) > 0.97
+        True
     """
-    if len(x) != len(y) or len(y) == 0:
-        raise ValueError(f"x and y must be non-empty and of equal length; got {len(x)} and {len(y)}.")
+    dev = check_same_device(model, check_images(x, "x"), "x")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    y = torch.as_tensor(y)
+    if y.ndim != 1 or len(x) != len(y):
+        raise ValueError(f"x and y must be non-empty and of equal length (y of shape (N,)); got {len(x)} images "
+                         f"and y of shape {tuple(y.shape)}.")
+    y = y.to(dev)
     was_training = model.training
     model.eval()
     try:
-        correct = 0
+        correct = torch.zeros((), dtype=torch.int64, device=dev)
         for k in range(0, len(y), batch_size):
-            correct += int((model(x[k:k + batch_size]).argmax(1) == y[k:k + batch_size]).sum())
+            correct += (model(x[k:k + batch_size]).argmax(1) == y[k:k + batch_size]).sum()
     finally:
         model.train(was_training)
-    return correct / len(y)
+    return int(correct) / len(y)
 
 
 def load_trained(path: str | Path | None = None) -> SmallCNN:
@@ -192,7 +217,8 @@ def load_trained(path: str | Path | None = None) -> SmallCNN:
 
     Example:
         >>> model = load_trained()
-        >>> model(load_mnist("test", n=4)[0]).argmax(1)   # predicted digits, shape (4,)
+        >>> model(load_mnist("test", n=4)[0]).argmax(1).shape   # predicted digits
+        torch.Size([4])
     """
     path = Path(path) if path is not None else data_dir() / CHECKPOINT
     if not path.is_file():
@@ -207,19 +233,37 @@ def load_trained(path: str | Path | None = None) -> SmallCNN:
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """One Conv2d equal to conv followed by bn in eval mode (computed in float64, stored as float32)."""
-    gamma = bn.weight.detach().double() if bn.affine else torch.ones(bn.num_features, dtype=torch.float64)
-    beta = bn.bias.detach().double() if bn.affine else torch.zeros(bn.num_features, dtype=torch.float64)
+    dev = conv.weight.device
+    ones = torch.ones(bn.num_features, dtype=torch.float64, device=dev)
+    gamma = bn.weight.detach().double() if bn.affine else ones
+    beta = bn.bias.detach().double() if bn.affine else torch.zeros_like(ones)
     mu, var = bn.running_mean.double(), bn.running_var.double()
     k = gamma / torch.sqrt(var + bn.eps)                      # gamma / sqrt(sigma^2 + eps), shape (C_out,)
     w = conv.weight.detach().double()
     b = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(mu)
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                       padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
-                      padding_mode=conv.padding_mode)
+                      padding_mode=conv.padding_mode, device=dev, dtype=conv.weight.dtype)
     with torch.no_grad():
         fused.weight.copy_((w * k.view(-1, 1, 1, 1)).to(conv.weight.dtype))
         fused.bias.copy_(((b - mu) * k + beta).to(conv.weight.dtype))
     return fused
+
+
+def _check_bn(name_a: str, conv: nn.Conv2d, name_b: str, bn: nn.BatchNorm2d) -> None:
+    """A BatchNorm2d can be folded into its conv: running statistics present, finite, variance >= 0."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"BatchNorm2d {name_b!r} has no running statistics; cannot fold it.")
+    if bn.num_features != conv.out_channels:
+        raise ValueError(f"BatchNorm2d {name_b!r} has {bn.num_features} channels but the conv {name_a!r} before "
+                         f"it has {conv.out_channels}; they must match.")
+    stats = [bn.running_mean, bn.running_var] + ([bn.weight, bn.bias] if bn.affine else [])
+    if not all(bool(torch.isfinite(t).all()) for t in stats):
+        raise ValueError(f"BatchNorm2d {name_b!r} has NaN/inf parameters or statistics; reload the model.")
+    if bool((bn.running_var < 0).any()):
+        raise ValueError(f"BatchNorm2d {name_b!r} has a negative running variance (channels "
+                         f"{torch.nonzero(bn.running_var < 0).flatten().tolist()}); a variance is >= 0: "
+                         "reload or recompute the statistics.")
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -236,20 +280,25 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     Returns:
         The folded copy, in eval mode; its output equals ``model.eval()``'s output up to float rounding.
     Raises:
-        ValueError: a BatchNorm2d to fold has no running statistics (``track_running_stats=False``).
+        TypeError: model is not an nn.Module.
+        ValueError: a BatchNorm2d to fold has no running statistics (``track_running_stats=False``), a
+        negative or non-finite running variance, or channels that do not match its conv (each names the
+        layer); a model on the meta device or split across devices.
+    The copy stays on the model's device.
 
     Example:
-        >>> folded = fold_batchnorm(load_trained())
-        >>> folded.bn1                                 # Identity(); folded.conv1 now has a bias
+        >>> folded = fold_batchnorm(SmallCNN())
+        >>> folded.bn1, folded.conv1.bias.shape
+        (Identity(), torch.Size([16]))
     """
+    model_device(model)
     folded = copy.deepcopy(model)
 
     def visit(parent: nn.Module) -> None:
         children = list(parent.named_children())
         for (name_a, a), (name_b, b) in zip(children[:-1], children[1:], strict=True):
             if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
-                if b.running_mean is None or b.running_var is None:
-                    raise ValueError(f"BatchNorm2d {name_b!r} has no running statistics; cannot fold it.")
+                _check_bn(name_a, a, name_b, b)
                 setattr(parent, name_a, _fold(a, b))
                 setattr(parent, name_b, nn.Identity())
         for _, child in parent.named_children():
@@ -273,14 +322,15 @@ def find_layers(model: nn.Module, types=WEIGHT_LAYERS) -> list[tuple[str, nn.Mod
     """(name, layer) of every submodule that is an instance of ``types``, in registration order.
 
     For a Sequential such as :class:`SmallCNN` that is the order of the forward pass. Names are the
-    dotted names of ``model.named_modules()`` (``"conv1"``, ``"block.0"``...).
+    dotted names of ``model.named_modules()`` (``"conv1"``, ``"block.0"``...); a model that is itself
+    one such layer (a bare ``nn.Linear``) is listed under the name ``""``.
     Raises TypeError if ``model`` is not an nn.Module.
 
     >>> [n for n, _ in find_layers(SmallCNN())]
     ['conv1', 'conv2', 'fc1', 'fc2']
     """
     check_model(model)
-    return [(n, m) for n, m in model.named_modules() if n and isinstance(m, types)]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
 
 
 def replace_layers(model: nn.Module, fn, types=WEIGHT_LAYERS) -> nn.Module:
@@ -289,19 +339,21 @@ def replace_layers(model: nn.Module, fn, types=WEIGHT_LAYERS) -> nn.Module:
     ``fn`` receives the copy's layer (changing it in place is safe) and returns the module to put in
     its place (the layer itself to keep it). The original ``model`` is never modified. A ValueError or
     TypeError raised by ``fn`` is re-raised with the layer's name in front, so a model-level error
-    names the layer.
+    names the layer. Raises TypeError for a non-model; ValueError for a meta or half-moved model.
 
     >>> m = replace_layers(SmallCNN(), lambda name, layer: nn.Identity(), types=nn.ReLU)
     >>> type(m.relu1).__name__
     'Identity'
     """
-    check_model(model)
+    model_device(model)
     new = copy.deepcopy(model)
     for name, layer in find_layers(new, types):
         try:
             out = fn(name, layer)
         except (ValueError, TypeError) as e:
             raise type(e)(f"layer {name!r} ({type(layer).__name__}): {e}") from e
+        if not name:  # the model itself is such a layer
+            return out
         if out is not layer:
             parent_name, _, child = name.rpartition(".")
             setattr(new.get_submodule(parent_name) if parent_name else new, child, out)
@@ -365,11 +417,10 @@ def collect_activations(model: nn.Module, x: torch.Tensor, select=nn.ReLU, input
     >>> {k: tuple(v.shape) for k, v in acts.items()}["relu3"]
     (4, 64)
     """
-    from ._checks import check_same_device
-
     check_same_device(model, x)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(f"x is empty (shape {tuple(x.shape)}); pass at least one input.")
     parts: dict[str, list] = {}
     was_training = model.training
     model.eval()

@@ -11,6 +11,9 @@ hook), then ask it for quantization parameters with ``observer.qparams(bits)``.
 - :class:`HistogramObserver`           the histogram P_f of all values seen, on ``bins`` equal bins over
   [r_min, r_max]; when a batch widens the range the old histogram is re-binned into the new one.
 
+Devices: the min/max observers keep their statistics on the device of the batches (one device per
+observer); the histogram observer copies each batch to the CPU (NumPy).
+
 ``qparams`` returns a :class:`quantlab.granularity.QParams` (s, z, q_min, q_max) computed by
 :func:`quantlab.granularity.qparams_from_range` (same rules as PyTorch's observers). The histogram feeds
 :func:`quantlab.calibration.calibrate`.
@@ -50,7 +53,26 @@ class _RangeObserver:
         return x
 
     def _batch(self, x) -> torch.Tensor:
-        return as_float_tensor(x, "x").detach().float()
+        t = as_float_tensor(x, "x").detach().float()
+        if self.min_val is not None and t.device != self.min_val.device:
+            raise ValueError(f"x is on {t.device} but earlier batches were on {self.min_val.device}; feed one "
+                             f"observer from one device (x = x.to('{self.min_val.device}')).")
+        return t
+
+    def update(self, x) -> None:
+        """Fold one batch into the running range: the first batch sets it, later ones are combined."""
+        lo, hi = self._batch_range(self._batch(x))
+        if self.min_val is None:
+            self.min_val, self.max_val = lo, hi
+        else:
+            self.min_val, self.max_val = self._combine(lo, hi)
+
+    def _batch_range(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return t.min(), t.max()
+
+    def _combine(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Running min/max (overridden by the moving average)."""
+        return torch.minimum(self.min_val, lo), torch.maximum(self.max_val, hi)
 
     def _need_data(self):
         if self.min_val is None:
@@ -91,15 +113,6 @@ class MinMaxObserver(_RangeObserver):
     >>> s, z, q_min, q_max = obs.qparams(8)
     """
 
-    def update(self, x) -> None:
-        """Fold one batch into the running min/max."""
-        t = self._batch(x)
-        lo, hi = t.min(), t.max()
-        if self.min_val is None:
-            self.min_val, self.max_val = lo, hi
-        else:
-            self.min_val, self.max_val = torch.minimum(self.min_val, lo), torch.maximum(self.max_val, hi)
-
 
 class MovingAverageMinMaxObserver(_RangeObserver):
     r"""Exponential moving average of each batch's range (less sensitive to one outlier batch):
@@ -117,16 +130,10 @@ class MovingAverageMinMaxObserver(_RangeObserver):
             raise ValueError(f"averaging_constant must lie in (0, 1]; got {averaging_constant!r}; try 0.01.")
         self.averaging_constant = c
 
-    def update(self, x) -> None:
+    def _combine(self, lo, hi):
         """Move the running range a fraction c towards this batch's range."""
-        t = self._batch(x)
-        lo, hi = t.min(), t.max()
-        if self.min_val is None:
-            self.min_val, self.max_val = lo, hi
-        else:
-            c = self.averaging_constant
-            self.min_val = self.min_val + c * (lo - self.min_val)
-            self.max_val = self.max_val + c * (hi - self.max_val)
+        c = self.averaging_constant
+        return self.min_val + c * (lo - self.min_val), self.max_val + c * (hi - self.max_val)
 
 
 class PerChannelMinMaxObserver(_RangeObserver):
@@ -148,9 +155,8 @@ class PerChannelMinMaxObserver(_RangeObserver):
         self.axis = axis
         self._shape: tuple[int, int] | None = None  # (ndim, C)
 
-    def update(self, x) -> None:
-        """Fold one batch into the per-channel running min/max."""
-        t = self._batch(x)
+    def _batch_range(self, t):
+        """Per-channel (min, max) of one batch, after checking its axis and channel count."""
         if t.ndim == 0 or not -t.ndim <= self.axis < t.ndim:
             raise ValueError(
                 f"axis={self.axis} is out of range for x with shape {tuple(t.shape)}; "
@@ -164,13 +170,9 @@ class PerChannelMinMaxObserver(_RangeObserver):
                 f"but earlier batches had {self._shape[1]} and {self._shape[0]}; "
                 "feed batches of one layer only (or create a new observer)."
             )
+        self._shape = shape
         flat = t.movedim(axis, 0).reshape(t.shape[axis], -1)
-        lo, hi = flat.amin(dim=1), flat.amax(dim=1)
-        if self.min_val is None:
-            self._shape = shape
-            self.min_val, self.max_val = lo, hi
-        else:
-            self.min_val, self.max_val = torch.minimum(self.min_val, lo), torch.maximum(self.max_val, hi)
+        return flat.amin(dim=1), flat.amax(dim=1)
 
     def qparams(self, bits: int = 8, symmetric: bool = False, signed: bool | None = None,
                 narrow: bool = False) -> QParams:
@@ -217,8 +219,9 @@ class HistogramObserver(_RangeObserver):
     the batch is added. Total mass is exact; each re-binning moves mass by less than one old bin.
 
     Attributes: ``hist`` (bins,) float64 counts, ``bin_edges`` (bins+1,), ``min_val``, ``max_val``,
-    ``n_seen``. ``qparams`` uses min/max; :func:`quantlab.calibration.calibrate` (observer, "kl", ...)
-    runs the searches.
+    ``n_seen``. CPU-only by design: ``update`` copies each batch to the CPU (NumPy histograms), so
+    batches may come from any device; ``min_val``/``max_val`` are CPU tensors. ``qparams`` uses min/max;
+    :func:`quantlab.calibration.calibrate` (observer, "kl", ...) runs the searches.
 
     >>> obs = HistogramObserver(bins=2048); obs.update(torch.randn(1000)); obs.update(3 * torch.randn(1000))
     >>> hist, edges = obs.histogram(); int(hist.sum())
@@ -236,7 +239,7 @@ class HistogramObserver(_RangeObserver):
     def update(self, x) -> None:
         """Add one batch to the histogram, widening (and re-binning) first if it falls outside the range."""
         t = as_float_tensor(x, "x").detach()  # keep float64 data in float64
-        a = t.reshape(-1).double().numpy()
+        a = t.reshape(-1).cpu().double().numpy()  # NumPy histogram: the batch is copied to the CPU
         lo, hi = float(a.min()), float(a.max())
         if self.hist is None:
             new_lo, new_hi = lo, hi

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._checks import check_bits
+from ._checks import check_bits, check_int, check_int_tensor
 
 __all__ = ["pack_bits", "unpack_bits"]
 
@@ -25,33 +25,45 @@ def pack_bits(q: torch.Tensor, bits: int, q_min: int) -> torch.Tensor:
 
     w = 1, 2, 4 or 8 (see ``_width``). For w = 8 the values are stored as int8 (signed grid) or uint8.
     Otherwise u = q - q_min in [0, 2^w) and byte = sum_j u_j << (j w) for the 8 // w values of a byte.
-    Returns a flat tensor of ceil(numel / (8 // w)) bytes. Inverse: :func:`unpack_bits`.
+    Returns a flat tensor of ceil(numel / (8 // w)) bytes on q's device. Inverse: :func:`unpack_bits`.
+    Raises ValueError for bits outside 1..8, fractional/NaN q, or values outside [q_min, q_min + 2^bits - 1]
+    (they would wrap around silently).
 
     >>> pack_bits(torch.tensor([-8, 7, 0]), 4, -8)   # nibbles 0 and 15, then 8 (padded with 0)
     tensor([240,   8], dtype=torch.uint8)
     """
-    w = _width(check_bits(bits, low=1, high=8))
-    q = torch.as_tensor(q).flatten().to(torch.int64)
+    bits = check_bits(bits, low=1, high=8)
+    w, q_min = _width(bits), check_int(q_min, "q_min")
+    q = check_int_tensor(q, "q", allow_empty=True).flatten()
+    if q.numel() and (int(q.min()) < q_min or int(q.max()) > q_min + 2**bits - 1):
+        raise ValueError(f"q has values in [{int(q.min())}, {int(q.max())}], outside the {bits}-bit grid "
+                         f"[{q_min}, {q_min + 2**bits - 1}]; quantize onto that grid first.")
     if w == 8:
         return q.to(torch.int8 if q_min < 0 else torch.uint8)
     k = 8 // w
     u = q - q_min
     u = torch.cat([u, u.new_zeros((-u.numel()) % k)]).view(-1, k)
-    shifts = torch.arange(k, dtype=torch.int64) * w
+    shifts = torch.arange(k, dtype=torch.int64, device=u.device) * w
     return (u << shifts).sum(dim=1).to(torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, q_min: int, numel: int) -> torch.Tensor:
-    r"""Inverse of :func:`pack_bits`: the first ``numel`` integers, as int64 (flat).
+    r"""Inverse of :func:`pack_bits`: the first ``numel`` integers, as int64 (flat), on packed's device.
+
+    Raises ValueError for bits outside 1..8 or a ``numel`` larger than ``packed`` holds.
 
     >>> unpack_bits(torch.tensor([240, 8], dtype=torch.uint8), 4, -8, 3)
     tensor([-8,  7,  0])
     """
-    w = _width(bits)
+    w, q_min = _width(check_bits(bits, low=1, high=8)), check_int(q_min, "q_min")
+    packed = check_int_tensor(packed, "packed", allow_empty=True).flatten()
+    if isinstance(numel, bool) or not isinstance(numel, int) or not 0 <= numel <= packed.numel() * (8 // w):
+        raise ValueError(f"numel={numel!r} must be an int in [0, {packed.numel() * (8 // w)}] (what "
+                         f"{packed.numel()} byte(s) hold at {w} bit(s) per value).")
     if w == 8:
         return packed.to(torch.int64)[:numel]
     k = 8 // w
-    shifts = torch.arange(k, dtype=torch.int64) * w
+    shifts = torch.arange(k, dtype=torch.int64, device=packed.device) * w
     u = (packed.to(torch.int64).view(-1, 1) >> shifts) & (2**w - 1)
     return u.flatten()[:numel] + q_min
 

@@ -36,3 +36,16 @@ def no_network(monkeypatch):
     qdata._arrays.cache_clear()
     yield
     qdata._arrays.cache_clear()
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Each available device in turn: 'cpu' always, 'cuda' when torch.cuda.is_available().
+
+    Device tests run the library on this device and compare with the CPU result (the device rule,
+    CONTRIBUTING.md "Devices").
+    """
+    return torch.device(request.param)

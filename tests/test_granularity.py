@@ -324,3 +324,94 @@ def test_constant_with_narrow_symmetric_grid_is_the_end_level():
         q, p = quantize_tensor(torch.full((3, 3), c), 8, symmetric=True, narrow=True)
         assert bool((q == (127 if c > 0 else -127)).all())
         assert math.isclose(float(dequantize(q, p.s, p.z)[0, 0]), c, rel_tol=2**-23)
+
+
+# ----------------------------------------------------------------------------------------------------
+# qparams_from_range (the one range -> (s, z) path) against torch.ao observers given the same range
+
+
+@FAST
+@given(scheme=st.sampled_from(sorted(SCHEMES)), bits=st.integers(2, 8),
+       lo=st.floats(-1e4, 1e4, allow_nan=False, width=32), width=st.floats(0, 1e4, allow_nan=False, width=32))
+def test_qparams_from_range_matches_observer_calculate_qparams(scheme, bits, lo, width):
+    from quantlab.granularity import qparams_from_range
+
+    kw, dtype, qs = SCHEMES[scheme]
+    r_min = torch.tensor(lo, dtype=torch.float32)
+    r_max = torch.tensor(lo + width, dtype=torch.float32)
+    p = qparams_from_range(r_min, r_max, bits, **kw)
+    obs = _observer("MinMaxObserver", dtype, getattr(torch, f"per_tensor_{qs}"), p.q_min, p.q_max)
+    obs(torch.stack([r_min, r_max]))  # the observer sees exactly this range
+    s_ref, z_ref = obs.calculate_qparams()
+    _assert_same_qparams(p.s, p.z, s_ref, z_ref)
+
+
+@pytest.mark.parametrize("bits", [1, 8, 16])
+def test_qparams_from_range_near_float32_max_stays_finite(bits):
+    from quantlab.granularity import qparams_from_range
+
+    p = qparams_from_range(-3e38, 3e38, bits)
+    assert math.isfinite(float(p.s)) and float(p.s) > 0
+    steps = p.q_max - p.q_min
+    if bits > 1:  # closed form in float64: s = 6e38 / (q_max - q_min) fits float32
+        assert float(p.s) == pytest.approx(6e38 / steps, rel=1e-6)
+    r = torch.tensor([-3e38, 0.0, 3e38])
+    r_hat = fake_quantize(r, p.s, p.z, p.q_min, p.q_max)
+    assert bool(torch.isfinite(r_hat).all()) and float(r_hat[1]) == 0.0
+    if bits > 1:
+        assert bool(((r_hat - r).abs() <= float(p.s)).all())
+
+
+# ----------------------------------------------------------------------------------------------------
+# fake_quantize_weights: a copy of the model with w_hat in place of w
+
+
+def _weight_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 6 * 6, 8), torch.nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("bits, granularity, symmetric, narrow", [
+    (4, PerChannel(0), True, True), (3, PerTensor(), False, False), (8, PerTensor(), True, True),
+    (2, PerChannel(0), False, False), (1, PerTensor(), False, False), (16, PerChannel(0), True, True),
+])
+def test_fake_quantize_weights_equals_a_manual_loop(bits, granularity, symmetric, narrow):
+    from quantlab.granularity import fake_quantize_weights
+
+    model = _weight_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = fake_quantize_weights(model, bits, granularity, symmetric, narrow)
+    for name in ("0", "3", "4"):  # the reference: choose_qparams + fake_quantize, layer by layer
+        w = getattr(model, name).weight.detach()
+        p = choose_qparams(w, bits, granularity, symmetric=symmetric, narrow=narrow)
+        assert torch.equal(getattr(out, name).weight, fake_quantize(w, p.s, p.z, p.q_min, p.q_max)), name
+        assert torch.equal(getattr(out, name).bias, getattr(model, name).bias)  # biases stay FP32
+        levels = torch.unique(getattr(out, name).weight.detach()[0]).numel()
+        assert levels <= 2**bits
+    for k, v in model.state_dict().items():  # the original is untouched
+        assert torch.equal(v, before[k]), k
+    assert out is not model and out[0] is not model[0]
+
+
+def test_fake_quantize_weights_per_group_falls_back_to_per_channel():
+    from quantlab.granularity import fake_quantize_weights
+
+    model = _weight_model()  # conv rows have 9 values (not a multiple of 4); linear rows 144 and 8
+    out = fake_quantize_weights(model, 4, PerGroup(4))
+    w_conv, w_fc = model[0].weight.detach(), model[3].weight.detach()
+    assert torch.equal(out[0].weight, fake_quantize_tensor(w_conv, 4, PerChannel(0), True, narrow=True))
+    assert torch.equal(out[3].weight, fake_quantize_tensor(w_fc, 4, PerGroup(4), True, narrow=True))
+    assert not torch.equal(out[3].weight, fake_quantize_tensor(w_fc, 4, PerChannel(0), True, narrow=True))
+
+
+def test_fake_quantize_weights_names_the_layer_of_a_bad_weight():
+    from quantlab.granularity import fake_quantize_weights
+
+    model = _weight_model()
+    with torch.no_grad():
+        model[3].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"layer '3' \(Linear\).*NaN"):
+        fake_quantize_weights(model, 4)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        fake_quantize_weights(None, 4)

@@ -133,3 +133,87 @@ def test_cli_trains_and_saves(tmp_path, monkeypatch, capsys):
     assert "test accuracy" in out and " s on 1 thread" in out
     model = load_trained()  # from tmp_path/cnn.pt
     assert isinstance(model, SmallCNN) and not model.training
+
+
+# --- the model walker and the hooks -----------------------------------------------------------------
+
+from quantlab.models import activation_hooks, collect_activations, find_layers, replace_layers  # noqa: E402
+
+
+def test_find_layers_order_names_and_types():
+    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Sequential(nn.ReLU(), nn.Linear(2, 2)), nn.Linear(2, 1))
+    assert [(n, type(layer).__name__) for n, layer in find_layers(m)] == [
+        ("0", "Conv2d"), ("1.1", "Linear"), ("2", "Linear")]
+    assert [n for n, _ in find_layers(m, nn.ReLU)] == ["1.0"]
+    assert [n for n, _ in find_layers(SmallCNN())] == ["conv1", "conv2", "fc1", "fc2"]
+    assert find_layers(nn.Linear(2, 2))[0][0] == ""  # a bare layer is its own model
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        find_layers(None)
+
+
+def test_replace_layers_returns_a_copy_and_leaves_the_original_untouched():
+    m = SmallCNN()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+
+    def zero(name, layer):
+        with torch.no_grad():
+            layer.weight.zero_()  # in place on the copy's layer
+        return layer
+
+    new = replace_layers(m, zero)
+    assert all(float(layer.weight.detach().abs().sum()) == 0 for _, layer in find_layers(new))
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    swapped = replace_layers(m, lambda n, layer: nn.Identity(), types=nn.ReLU)
+    assert isinstance(swapped.relu2, nn.Identity) and isinstance(m.relu2, nn.ReLU)
+    nested = replace_layers(nn.Sequential(nn.Sequential(nn.ReLU())), lambda n, layer: nn.Tanh(), nn.ReLU)
+    assert isinstance(nested[0][0], nn.Tanh)
+
+
+@pytest.mark.parametrize("exc", [ValueError, TypeError])
+def test_replace_layers_names_the_layer_in_errors(exc):
+    def fail(name, layer):
+        if name == "fc1":
+            raise exc("weight is bad")
+        return layer
+
+    with pytest.raises(exc, match=r"layer 'fc1' \(Linear\): weight is bad"):
+        replace_layers(SmallCNN(), fail)
+
+
+def test_activation_hooks_remove_their_hooks_even_on_exception():
+    m = SmallCNN()
+    seen = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with activation_hooks(m, lambda n, a: seen.append(n), nn.ReLU):
+            m(torch.zeros(1, 1, 28, 28))
+            raise RuntimeError("boom")
+    assert seen == ["relu1", "relu2", "relu3"]
+    assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules())
+    m(torch.zeros(1, 1, 28, 28))
+    assert len(seen) == 3  # nothing is called any more
+    inputs = {}
+    with activation_hooks(m, lambda n, a: inputs.setdefault(n, a), "fc1", inputs=True):
+        m(torch.ones(2, 1, 28, 28))
+    assert inputs["fc1"].shape == (2, 32 * 7 * 7)
+    with pytest.raises(ValueError, match="select names no layer"):
+        with activation_hooks(m, print, ["nope"]):
+            pass
+
+
+def test_collect_activations_equals_a_manual_forward():
+    torch.manual_seed(0)
+    m = SmallCNN().eval()
+    x = torch.rand(10, 1, 28, 28)
+    acts = collect_activations(m, x, batch_size=3)  # uneven batches, concatenated
+    with torch.no_grad():
+        ref1 = m.relu1(m.bn1(m.conv1(x)))
+    assert set(acts) == {"relu1", "relu2", "relu3"}
+    assert torch.allclose(acts["relu1"], ref1, atol=1e-6)
+    ins = collect_activations(m, x, select=("fc2",), inputs=True)
+    with torch.no_grad():
+        assert torch.allclose(ins["fc2"], nn.Sequential(*list(m.children())[:-1])(x), atol=1e-6)
+    m.train()
+    collect_activations(m, x)
+    assert m.training  # mode restored
+    with pytest.raises(TypeError, match="batch_size"):
+        collect_activations(m, x, batch_size=1.5)

@@ -4,14 +4,12 @@ import copy
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
 
 from quantlab.engine import IntConv2d, IntLinear, run_int
 from quantlab.granularity import PerChannel, PerGroup, PerTensor, fake_quantize_tensor
 from quantlab.models import SmallCNN, evaluate, load_trained
-from quantlab.packing import pack_bits, unpack_bits
+from quantlab.packing import pack_bits
 from quantlab.ptq import (
     calibrate_activations,
     convert,
@@ -54,20 +52,6 @@ def trained():
 def _same_state(a: nn.Module, b: nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-# --- packing --------------------------------------------------------------------------------------
-
-
-@given(st.integers(2, 8), st.integers(1, 50), st.integers(0, 2**31 - 1))
-@settings(max_examples=60, deadline=None)
-def test_pack_unpack_roundtrip(bits, n, seed):
-    q_min, q_max = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    q = torch.randint(q_min, q_max + 1, (n,), generator=torch.Generator().manual_seed(seed))
-    packed = pack_bits(q, bits, q_min)
-    per_byte = 8 // next(w for w in (1, 2, 4, 8) if bits <= w)
-    assert packed.numel() == -(-n // per_byte)  # ceil
-    assert torch.equal(unpack_bits(packed, bits, q_min, n), q)
 
 
 # --- weight quantization --------------------------------------------------------------------------
@@ -262,3 +246,19 @@ def test_explorer_updates_in_place_from_cache(random_cnn, xs):
     assert len(matplotlib.pyplot.get_fignums()) == n_figs and len(ex.results) == n_results  # nothing new
     res = ex.results[("weight-only", 2, None, "per-channel", None)]
     assert ex.l_cur.get_ydata()[0] == res["accuracy"]
+
+
+def test_packed_size_bytes_is_measured(random_cnn, xs):
+    """size_bytes(packed=True) equals the bytes pack_bits really produces for each weight, plus the rest."""
+    acts = calibrate_activations(random_cnn, xs)
+    for bits in (2, 3, 4, 8):
+        qm = convert(random_cnn, acts, weight_bits=bits, act_bits=8)
+        measured = 0
+        for layer in qm.layers:
+            if isinstance(layer, (IntConv2d, IntLinear)):
+                q_min = -(2 ** (bits - 1)) + 1  # symmetric narrow grid of the weights
+                measured += pack_bits(layer.q_w, bits, q_min).numel()
+                measured += sum(t.numel() * t.element_size() for t in (layer.s_w, layer.z_w, layer.q_b,
+                                                                        layer.M0, layer.n))
+        assert qm.size_bytes(packed=True) == measured, bits
+        assert qm.size_bytes(packed=False) >= measured

@@ -103,7 +103,7 @@ def quantize_histogram_reference(p, n_levels: int) -> np.ndarray:
     each chunk's mass is spread evenly over its bins where p > 0 (bins with p == 0 stay 0).
 
     >>> quantize_histogram_reference(np.array([1.0, 0, 3, 4, 0]), 2)
-    array([0.5, 0. , 0.5, 3.5, 0. ])
+    array([1. , 0. , 3.5, 3.5, 0. ])
     """
     p = np.asarray(p, np.float64)
     i = p.size

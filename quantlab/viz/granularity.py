@@ -42,7 +42,7 @@ def with_outlier_channel(model: torch.nn.Module, layer: str, channel: int, facto
     conv bias b_c <- k b_c), so in FP32 the network computes *exactly the same function* — only the
     weights' range changed. Requires ``layer`` to be followed by BatchNorm ``bn`` + layer suffix (conv2 -> bn2).
 
-    >>> m2 = with_outlier_channel(load_trained(), "conv2", 3, 20.0)
+    >>> m2 = with_outlier_channel(load_trained(), "conv2", 3, 20.0)  # doctest: +SKIP
     """
     import copy
 
@@ -64,7 +64,7 @@ class GranularityExplorer(Explorer):
     Controls: bits (2–8), outlier factor (1 = none), outlier channel. Readout: mean SQNR per
     granularity and how many (s, z) pairs each stores.
 
-    >>> ex = GranularityExplorer(w); ex.controls["factor"].value = 20.0
+    >>> ex = GranularityExplorer(w); ex.controls["factor"].value = 20.0  # doctest: +SKIP
     """
 
     def __init__(self, w: torch.Tensor, bits: int = 4):
