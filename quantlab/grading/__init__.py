@@ -7,10 +7,13 @@ In a lab, right after an exercise cell::
 
 Registered exercises (id = function name): lab 01 ``quantize``, ``dequantize``, ``asymmetric_params``,
 ``symmetric_params``; lab 02 ``per_channel_minmax``, ``per_channel_scale``; lab 04 ``requant_multiplier``;
-lab 05 ``kl_divergence``, ``quantize_histogram``.
+lab 05 ``kl_divergence``, ``quantize_histogram``. Modules: ``compare``, ``exercise``, ``sandbox``,
+``forbid``, ``hints``, ``runner``, ``report``, ``batch``, ``cli`` (``core`` re-exports what exercise
+modules need).
 """
 
 from . import checks_calibration, checks_engine, checks_granularity, checks_linear  # noqa: F401 - registers
+from .batch import exercises_of_lab
 from .core import (
     DEFAULT_TIMEOUT,
     REGISTRY,
@@ -37,12 +40,3 @@ __all__ = [
     "check", "run_exercise", "CheckResult", "CaseResult", "Exercise", "Case", "Diagnosis", "REGISTRY",
     "register", "get_exercise", "format_report", "exercises_of_lab", "DEFAULT_TIMEOUT", "STATUSES",
 ]
-
-
-def exercises_of_lab(lab: str) -> list[str]:
-    """Exercise ids of one lab ("01", "02", "04", "05"), in registration order.
-
-    >>> exercises_of_lab("02")
-    ['per_channel_minmax', 'per_channel_scale']
-    """
-    return [k for k, ex in REGISTRY.items() if ex.lab == lab]
