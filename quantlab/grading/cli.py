@@ -1,4 +1,4 @@
-r"""Grade lab submissions: ``python -m quantlab.grade NOTEBOOK... [--json] [--csv FILE] [--partial] [--extra-cases FILE.py]``.
+r"""Grade lab submissions: ``python -m quantlab.grade NOTEBOOK... [--json] [--csv FILE] [--partial] ...``.
 
 Options: ``--timeout`` (wall clock per notebook), ``--exercise-timeout`` (per exercise), ``-j/--jobs``,
 ``--partial`` (each exercise's points in proportion to the cases passed; the default is all-or-nothing),
