@@ -16,7 +16,7 @@ from typing import Callable
 from .compare import equal_inputs
 from .exercise import REGISTRY, Case, Exercise
 from .forbid import Guard
-from .hints import type_mixup_hint
+from .hints import precision_hint, type_mixup_hint
 from .report import CaseResult, CheckResult, format_report, short_repr
 from .sandbox import OUTPUT_LIMIT, BoundedWriter, call_learner, describe_exc
 
@@ -80,7 +80,8 @@ def _judge(ex: Exercise, fn, case: Case, args: tuple, call) -> tuple[str | None,
     if reason is None:
         return None, ""
     hint = (type_mixup_hint(fn, case.args, call.got, call.exc, case.hidden, reason)
-            or ex.match(case, call.got, call.exc) or case.hint or ex.fallback_hint)
+            or ex.match(case, call.got, call.exc) or precision_hint(fn, case.args, call.got, case.expected)
+            or case.hint or ex.fallback_hint)
     if case.hidden:  # its values, and a learner's error message that may quote them, stay private
         reason = f"raised {type(call.exc).__name__}" if call.exc is not None else "wrong result"
     return reason, hint
