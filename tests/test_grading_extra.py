@@ -31,7 +31,7 @@ SHORTCUT = ("import numpy as np\ndef quantize(r, s, z, q_min, q_max):\n"
             "    return np.clip(np.round(r / s + z), q_min, q_max)\n")
 # Raises on hidden case 2 with a message that quotes its input.
 LEAKY = ("import numpy as np\ndef quantize(r, s, z, q_min, q_max):\n"
-         "    if q_min == 0 and s == 0.01:\n        raise ValueError(f'odd input {r} {s}')\n"
+         "    if q_min == 0 and np.ndim(s) == 0 and s == 0.01:\n        raise ValueError(f'odd input {r} {s}')\n"
          "    return np.clip(np.round(r / s + z), q_min, q_max)\n")
 
 
