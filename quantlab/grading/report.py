@@ -2,8 +2,9 @@ r"""What a learner reads: result types, values printed without NumPy type noise,
 
 Values are shown as a learner would write them: ``3``, not ``np.int64(3)``; ``0.013``, not
 ``np.float32(0.013)``; an array as its dtype, its shape when it is not 1-D and at most six of its values
-(``float32 array of shape (4, 3, 2, 2) [0.0126, -0.0132, 0.064, ..., 0.022]``). Long lines are wrapped at
-word boundaries (never inside a word), so a hint reads the same in a notebook, a terminal and a CSV.
+to 4 significant digits (``float32 array of shape (4, 3, 2, 2) [0.1257, -0.1321, 0.6404, ..., 1.96]``).
+Long lines are wrapped at word boundaries (never inside a word), so a hint reads the same in a notebook,
+a terminal and a CSV.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ SHOW_ALL = 8
 # Values
 
 
-def plain(v) -> str:
+def plain(v, digits: int = 7) -> str:
     """One number as a learner writes it: ``3``, ``0.013``, ``2.0``, ``True`` (no ``np.int64(...)``).
+
+    Floats keep ``digits`` significant digits (7: float32's precision).
 
     >>> plain(np.int64(3)), plain(np.float32(0.013)), plain(2.0), plain(np.float64(1e-10)), plain(np.bool_(1))
     ('3', '0.013', '2.0', '1e-10', 'True')
@@ -38,7 +41,7 @@ def plain(v) -> str:
     if isinstance(v, (float, np.floating)):
         if not np.isfinite(v):
             return str(float(v))
-        s = f"{float(v):.7g}"
+        s = f"{float(v):.{digits}g}"
         return s + ".0" if s.lstrip("-").isdigit() else s
     return repr(v)
 
@@ -47,7 +50,7 @@ def _values(flat: np.ndarray) -> str:
     items = flat.tolist()
     if len(items) > SHOW_ALL:
         items = [*items[:3], ..., *items[-3:]]
-    return "[" + ", ".join("..." if v is ... else plain(v) for v in items) + "]"
+    return "[" + ", ".join("..." if v is ... else plain(v, 4) for v in items) + "]"
 
 
 def _array(a: np.ndarray, kind: str) -> str:
