@@ -4,7 +4,8 @@ Builds one fully solved submission — the real ``labs/01_linear_quantization.ip
 cell replaced by its reference solution when that lab exists, else a synthetic notebook (nbformat) with
 one exercise cell per registered exercise — copies it N times into a temp dir, grades all copies in ONE
 CLI run, and prints seconds per notebook. Side by side it times the naive approach's floor: a fresh
-``python -c "import quantlab"`` per notebook (before any grading), and prints the ratio.
+``python -c "import quantlab"`` per notebook (before any grading), and prints the ratio; and, in-process,
+the cost of forbidding (patching aliases + the profile hook) per exercise, with and without, interleaved.
 
 Usage: ``.venv/bin/python benchmarks/grading_speed.py [-n 50] [--naive-samples 10] [--jobs 2]``
 """
@@ -61,6 +62,38 @@ def build_submission(path: Path) -> str:
     return source
 
 
+def forbid_overhead(repeats: int = 5) -> tuple[float, float]:
+    """In-process ms per exercise for the reference solutions: (with forbidding, without), side by side."""
+    from quantlab.grading import REGISTRY, run_exercise
+    from quantlab.grading.forbid import prime
+
+    fns = {}
+    for k, src in _solutions().items():
+        ns: dict = {}
+        exec(src, ns)
+        fns[k] = ns[k]
+    prime([n for ex in REGISTRY.values() for n in ex.forbids])
+    saved = {k: ex.forbids for k, ex in REGISTRY.items()}
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            for k, f in fns.items():
+                assert run_exercise(f, k).passed
+        return (time.perf_counter() - t0) / (repeats * len(fns)) * 1000
+
+    once()  # warm-up: expected outputs, imports
+    with_f, without = [], []
+    for _ in range(3):  # interleaved, so machine load hits both alike
+        with_f.append(once())
+        for ex in REGISTRY.values():
+            ex.forbids = ()
+        without.append(once())
+        for k, ex in REGISTRY.items():
+            ex.forbids = saved[k]
+    return min(with_f), min(without)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=50, help="number of submissions (default 50)")
@@ -99,6 +132,9 @@ def main(argv=None) -> None:
           "per notebook "
           "(import only, no grading)")
     print(f"ratio naive / quantlab.grade: {naive / per_nb:.1f}x")
+    w, wo = forbid_overhead()
+    print(f"run_exercise on a reference solution, in-process: {w:.2f} ms per exercise with forbidding, "
+          f"{wo:.2f} ms without (+{w - wo:.2f} ms)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Registered exercises (id = function name): lab 01 ``quantize``, ``dequantize``, 
 ``symmetric_params``; lab 02 ``per_channel_minmax``, ``per_channel_scale``; lab 03 ``log_quantize``,
 ``kmeans_step``; lab 04 ``requant_multiplier``; lab 05 ``kl_divergence``, ``quantize_histogram``;
 lab 06 ``bias_correction``, ``weight_correction``; lab 08 ``pack_sign_bits``, ``xnor_popcount_dot``,
-``binarize_with_alpha``.
+``binarize_with_alpha``. Modules: ``compare``, ``exercise``, ``sandbox``, ``forbid``, ``hints``,
+``runner``, ``report``, ``batch``, ``cli`` (``core`` re-exports what exercise modules need).
 """
 
 from . import (  # noqa: F401 - each module registers its exercises
@@ -21,6 +22,7 @@ from . import (  # noqa: F401 - each module registers its exercises
     checks_linear,
     checks_nonlinear,
 )
+from .batch import exercises_of_lab
 from .core import (
     DEFAULT_TIMEOUT,
     REGISTRY,
@@ -47,12 +49,3 @@ __all__ = [
     "check", "run_exercise", "CheckResult", "CaseResult", "Exercise", "Case", "Diagnosis", "REGISTRY",
     "register", "get_exercise", "format_report", "exercises_of_lab", "DEFAULT_TIMEOUT", "STATUSES",
 ]
-
-
-def exercises_of_lab(lab: str) -> list[str]:
-    """Exercise ids of one lab ("01", "02", "04", "05"), in registration order.
-
-    >>> exercises_of_lab("02")
-    ['per_channel_minmax', 'per_channel_scale']
-    """
-    return [k for k, ex in REGISTRY.items() if ex.lab == lab]

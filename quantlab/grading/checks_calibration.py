@@ -48,6 +48,14 @@ def _kl_cases():
     ]
 
 
+#: What a learner's kl_divergence may not call: the library's divergences and torch's / SciPy's KL.
+KL_FORBIDS = (
+    "quantlab.calibration.kl_divergence", "quantlab.calibration.divergence", "quantlab.calibration.symmetric_kl",
+    "torch.nn.functional.kl_div", "torch.kl_div", "scipy.stats.entropy", "scipy.special.rel_entr",
+    "scipy.special.kl_div",
+)
+
+
 def _kl_mutant(kind):
     def m(p, q):
         p = np.asarray(p, np.float64)
@@ -90,6 +98,7 @@ register(Exercise(
                   mutant=_kl_mutant("smooth_before")),
     ],
     fallback_hint="normalise P and Q, then sum over p_i > 0 of p_i * log(p_i / max(q_i, 1e-10)).",
+    forbids=KL_FORBIDS,
 ))
 
 
@@ -128,6 +137,12 @@ def _qh_cases():
              hint="a chunk whose bins are all 0 has no mass to spread: it stays 0 (avoid 0 / 0)."),
         Case("n_levels == number of bins (identity)", (np.array([0.1, 0.0, 0.4, 0.5]), 4)),
     ]
+
+
+#: What a learner's quantize_histogram may not call: the library's merge-and-expand, under whatever name
+#: the calibration package gives each merge rule (patterns are matched when the exercise is graded).
+QH_FORBIDS = ("quantlab.calibration.quantize_histogram", "quantlab.calibration.*quantize_histogram*",
+              "quantlab.calibration.*merge*")
 
 
 def _qh_mutant(kind):
@@ -182,4 +197,5 @@ register(Exercise(
     ],
     fallback_hint="w = i // n_levels; chunk k = bins [k*w, (k+1)*w) (last one up to i); put chunk.sum() / "
                   "(number of non-zero bins) on each non-zero bin.",
+    forbids=QH_FORBIDS,
 ))

@@ -69,4 +69,5 @@ register(Exercise(
                   mutant=_mutant_trunc),
     ],
     fallback_hint="n = the largest shift with 2^30 <= round(M * 2^n) < 2^31, M0 = round(M * 2^n).",
+    forbids=("quantlab.engine.requant_multiplier",),  # the library's own (lab 04's setup imports it)
 ))

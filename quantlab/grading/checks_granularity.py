@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..granularity import PerChannel, choose_qparams, range_of
+from .checks_linear import QPARAMS_FORBIDS
 from .core import Case, Diagnosis, Exercise, compare_array, compare_tuple, register, to_array
 
 
@@ -47,6 +48,14 @@ def _minmax_cases():
         Case("linear weight (3, 5), axis 1", (lin, 1)),
         Case("conv weight, axis 1 (input channels)", (conv, 1)),
     ]
+
+
+#: What a learner's per_channel_minmax may not call: the library's range_of and the per-channel observers.
+MINMAX_FORBIDS = (
+    "quantlab.granularity.range_of", "quantlab.observers.PerChannelMinMaxObserver.update",
+    "torch.ao.quantization.observer.PerChannelMinMaxObserver.forward",
+    "torch.ao.quantization.observer.PerChannelMinMaxObserver._forward",
+)
 
 
 def _cmp_pair(got, expected):
@@ -94,6 +103,7 @@ register(Exercise(
                   "(C, 1, 1, 1) and broadcasts against w — a 1-D result does not.", when=_flat_result),
     ],
     fallback_hint="r_min, r_max = min and max over every dimension except `axis`, with keepdims=True.",
+    forbids=MINMAX_FORBIDS,
 ))
 
 
@@ -113,6 +123,11 @@ def _scale_cases():
         Case("linear weight, 4 bits, axis 0", (lin, 4, 0)),
         Case("linear weight, 8 bits, axis 1", (lin, 8, 1)),
     ]
+
+
+#: per_channel_scale may not call any range -> (s, z) path (lab 01's QPARAMS_FORBIDS); range_of, the
+#: per-channel min/max it builds on, stays allowed (it is lab 02's other exercise, not this one).
+SCALE_FORBIDS = QPARAMS_FORBIDS
 
 
 def _scale_mutant(kind):
@@ -149,4 +164,5 @@ register(Exercise(
                   and np.allclose(to_array(got).reshape(-1), case.expected.reshape(-1), rtol=1e-5)),
     ],
     fallback_hint="s_c = max |w_c| / (2^(b-1) - 1), reduced over every dimension except `axis` (keepdims).",
+    forbids=SCALE_FORBIDS,
 ))

@@ -59,6 +59,17 @@ def _quantize_cases():
     ]
 
 
+#: What a learner's quantize may not call: the library's and torch's quantize (and fake-quantize, which
+#: rounds and clips for you). Helpers such as ql.qrange stay allowed.
+QUANTIZE_FORBIDS = (
+    "quantlab.linear.quantize", "quantlab.linear.fake_quantize", "quantlab.linear.FakeQuantizeSTE.forward",
+    "quantlab.granularity.quantize_tensor", "quantlab.granularity.fake_quantize_tensor",
+    "torch.quantize_per_tensor", "torch.quantize_per_channel", "torch.quantize_per_tensor_dynamic",
+    "torch.fake_quantize_per_tensor_affine", "torch.fake_quantize_per_channel_affine",
+    "torch.ops.aten.quantize_per_tensor", "torch.ops.aten.fake_quantize_per_tensor_affine",
+)
+
+
 def _q(x, q_min, q_max, clip=True):
     x = np.asarray(x, np.float64)
     return np.clip(x, q_min, q_max) if clip else x
@@ -138,6 +149,7 @@ register(Exercise(
         Diagnosis(_QUANTIZE_HINTS["shape"], when=_wrong_shape),
     ],
     fallback_hint="q = clip(round(r / s + z), q_min, q_max), with np.round (half to even).",
+    forbids=QUANTIZE_FORBIDS,
 ))
 
 
@@ -160,6 +172,13 @@ def _dequantize_cases():
         Case("uint8 q, z = 128", (np.array([0, 17, 128, 200, 255], np.uint8), 0.0317, 128)),
         Case("per-channel s, z of shape (C, 1)", (qc, s_c, z_c)),
     ]
+
+
+#: What a learner's dequantize may not call: the library's, and torch's quantized-tensor route.
+DEQUANTIZE_FORBIDS = (
+    "quantlab.linear.dequantize", "torch.dequantize", "torch._make_per_tensor_quantized_tensor",
+    "torch._make_per_channel_quantized_tensor", "torch.ops.aten.dequantize",
+)
 
 
 def _mk_deq_mutant(kind):
@@ -187,6 +206,7 @@ register(Exercise(
                   mutant=_mk_deq_mutant("minus_zs")),
     ],
     fallback_hint="r_hat = s * (q - z), as a float array of q's shape.",
+    forbids=DEQUANTIZE_FORBIDS,
 ))
 
 
@@ -243,6 +263,23 @@ def _asym_cases():
              hint="for constant input r_max - r_min = 0, so s = 0 and r / s blows up: floor s at EPS "
                   "(float32 eps), s = max(s, EPS)."),
     ]
+
+
+#: What a learner's asymmetric_params / symmetric_params may not call: every library path from a range to
+#: (s, z) (scale_zero_point, qparams_from_range, choose_qparams, the observers' qparams) and torch's
+#: observers and qparams helpers. (Also used by lab 02's per_channel_scale.)
+QPARAMS_FORBIDS = (
+    "quantlab.linear.scale_zero_point", "quantlab.granularity.qparams_from_range",
+    "quantlab.granularity.choose_qparams", "quantlab.granularity.quantize_tensor",
+    "quantlab.observers.MinMaxObserver.qparams", "quantlab.observers.PerChannelMinMaxObserver.qparams",
+    "quantlab.observers.HistogramObserver.qparams",
+    "torch.ao.quantization.observer.UniformQuantizationObserverBase._calculate_qparams",
+    "torch.ao.quantization.observer.MinMaxObserver.calculate_qparams",
+    "torch.ao.quantization.observer.PerChannelMinMaxObserver.calculate_qparams",
+    "torch.ao.quantization.observer.HistogramObserver.calculate_qparams",
+    "torch.ao.quantization.utils.determine_qparams", "torch._choose_qparams_per_tensor",
+    "torch.choose_qparams_optimized",
+)
 
 
 def _widen(r_min, r_max):
@@ -302,6 +339,7 @@ register(Exercise(
     ],
     fallback_hint="s = (r_max - r_min) / (q_max - q_min) after widening the range to contain 0; "
                   "z = clip(q_min - round(r_min / s), q_min, q_max).",
+    forbids=QPARAMS_FORBIDS,
 ))
 
 
@@ -332,4 +370,5 @@ register(Exercise(
                   when=_s_matches(lambda a, b, lo, hi: max(-a, b) / (hi - lo))),
     ],
     fallback_hint="s = max(-r_min, r_max) / ((q_max - q_min) / 2), z = 0.",
+    forbids=QPARAMS_FORBIDS,
 ))

@@ -1,0 +1,82 @@
+"""Unguarded (issue 7 §1): each exercise's reference equals the library function of that name on its cases.
+
+The references of requant_multiplier, kl_divergence and quantize_histogram are written independently in
+quantlab/grading/ from CONTRIBUTING.md's conventions; here they must agree with quantlab.engine and
+quantlab.calibration, so a change of either side's convention fails. quantize_histogram is the lab's
+integer-chunk merge rule (w = i // n_levels, remainder in the last chunk): the library keeps it by the name
+``quantlab.calibration.quantize_histogram``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import quantlab.calibration
+import quantlab.engine
+import quantlab.granularity
+import quantlab.linear
+from quantlab.grading import REGISTRY
+
+
+def _params(symmetric):
+    def f(r_min, r_max, q_min, q_max):
+        s, z = quantlab.linear.scale_zero_point(torch.tensor(float(r_min)), torch.tensor(float(r_max)), q_min,
+                                                q_max, symmetric)
+        return float(s), int(z)
+    return f
+
+
+def _minmax(w, axis):
+    lo, hi = quantlab.granularity.range_of(torch.from_numpy(w), quantlab.granularity.PerChannel(axis))
+    return lo.numpy(), hi.numpy()
+
+
+def _scale(w, bits, axis=0):
+    p = quantlab.granularity.choose_qparams(torch.from_numpy(w), bits, quantlab.granularity.PerChannel(axis),
+                                            symmetric=True, narrow=True)
+    return p.s.numpy()
+
+
+LIBRARY = {
+    "quantize": quantlab.linear.quantize,
+    "dequantize": quantlab.linear.dequantize,
+    "asymmetric_params": _params(False),
+    "symmetric_params": _params(True),
+    "per_channel_minmax": _minmax,
+    "per_channel_scale": _scale,
+    "requant_multiplier": quantlab.engine.requant_multiplier,
+    "kl_divergence": quantlab.calibration.kl_divergence,
+    "quantize_histogram": quantlab.calibration.quantize_histogram,
+}
+
+
+def test_every_exercise_has_its_library_function():
+    assert set(LIBRARY) == set(REGISTRY)
+
+
+@pytest.mark.parametrize("name", list(LIBRARY))
+def test_reference_equals_library_function(name):
+    ex = REGISTRY[name]
+    for case in ex.prepared_cases():
+        got = LIBRARY[name](*copy.deepcopy(case.args))
+        reason = (case.compare or ex.compare)(got, case.expected)
+        assert reason is None, f"{name}, case {case.name!r}: library vs reference: {reason}"
+
+
+def test_independent_references_match_on_random_inputs():
+    """Beyond the shipped cases: random histograms and multipliers."""
+    rng = np.random.default_rng(7)
+    kl, qh = REGISTRY["kl_divergence"].reference, REGISTRY["quantize_histogram"].reference
+    for _ in range(50):
+        n = int(rng.integers(4, 300))
+        p, q = rng.uniform(0, 1, n) * (rng.uniform(size=n) > 0.2), rng.uniform(0, 1, n) * (rng.uniform(size=n) > 0.2)
+        p[0], q[0] = 1.0, 1.0
+        assert float(quantlab.calibration.kl_divergence(p, q)) == pytest.approx(kl(p, q), rel=1e-9, abs=1e-12)
+        levels = int(rng.integers(1, n + 1))
+        np.testing.assert_allclose(quantlab.calibration.quantize_histogram(p, levels), qh(p, levels), rtol=1e-12)
+    for M in rng.uniform(1e-6, 1, 200):
+        assert quantlab.engine.requant_multiplier(float(M)) == REGISTRY["requant_multiplier"].reference(float(M))
