@@ -16,9 +16,12 @@ import quantlab.engine
 import quantlab.linear
 from quantlab.grade import main
 from quantlab.grading import REGISTRY, check, run_exercise
-from quantlab.grading.forbid import ForbiddenCall, Guard, resolve
+from quantlab.grading.forbid import ForbiddenCall, Guard, installed, resolve
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+#: Packages quantlab depends on: names in them must always resolve (others are optional, see forbid.installed).
+REQUIRED = ("quantlab", "torch", "numpy")
 
 SETUP = "import numpy as np\nimport torch\nimport quantlab as ql\n"
 
@@ -113,6 +116,53 @@ def test_library_function_reached_through_another_is_named():
     ("quantize_histogram", "import importlib\ndef quantize_histogram(p, n_levels):\n"
      "    return importlib.import_module('quantlab.calibration').quantize_histogram(p, n_levels)\n",
      "quantlab.calibration.quantize_histogram"),
+    # lab 03
+    ("log_quantize", "from quantlab.nonlinear.log import fake_pow2\ndef log_quantize(r, bits):\n"
+     "    return fake_pow2(r, bits, rounding='log')\n", "quantlab.nonlinear.fake_pow2"),
+    ("log_quantize", "from quantlab.nonlinear import pow2_quantize, pow2_dequantize\ndef log_quantize(r, bits):\n"
+     "    q, s = pow2_quantize(r, bits, rounding='log')\n    return pow2_dequantize(q, s, bits)\n",
+     "quantlab.nonlinear.pow2_quantize"),
+    ("log_quantize", "import quantlab.nonlinear as nl\ndef log_quantize(r, bits):\n"
+     "    return nl.quantize_weight(torch.as_tensor(r), 'pow2', bits, rounding='log').numpy()\n",
+     "quantlab.nonlinear.quantize_weight"),
+    ("kmeans_step", "import quantlab.nonlinear as nl\ndef kmeans_step(x, centroids):\n"
+     "    new, codes = nl.lloyd_step(torch.as_tensor(x)[None], torch.as_tensor(centroids)[None])\n"
+     "    return new[0].numpy(), codes[0].numpy()\n", "quantlab.nonlinear.lloyd_step"),
+    ("kmeans_step", "from quantlab.nonlinear.kmeans import nearest_index\ndef kmeans_step(x, centroids):\n"
+     "    codes = nearest_index(torch.as_tensor(x), torch.as_tensor(centroids)).numpy()\n"
+     "    new = np.array([x[codes == j].mean() if (codes == j).any() else c for j, c in enumerate(centroids)])\n"
+     "    return new, codes\n", "quantlab.nonlinear.nearest_index"),
+    # lab 06
+    ("bias_correction", "import quantlab.correction as qc\ndef bias_correction(a_fp, a_q):\n"
+     "    return qc.bias_correction_term(a_fp, a_q).numpy()\n", "quantlab.correction.bias_correction_term"),
+    ("bias_correction", "from quantlab.correction import channel_mean\ndef bias_correction(a_fp, a_q):\n"
+     "    return (channel_mean(a_fp) - channel_mean(a_q)).numpy()\n", "quantlab.correction.channel_mean"),
+    ("weight_correction", "import quantlab.correction as qc\ndef weight_correction(w, w_hat):\n"
+     "    return qc.weight_correction(w, w_hat).numpy()\n", "quantlab.correction.weight_correction"),
+    ("weight_correction", "import quantlab.correction as qc\ndef weight_correction(w, w_hat):\n"
+     "    zeta, v = qc.scale_shift(w, w_hat)\n    return (zeta * torch.as_tensor(w_hat) + v).numpy()\n",
+     "quantlab.correction.scale_shift"),
+    # lab 08
+    ("pack_sign_bits", "from quantlab.packing import pack_signs\ndef pack_sign_bits(x):\n    return pack_signs(x)\n",
+     "quantlab.packing.pack_signs"),
+    ("pack_sign_bits", "import quantlab.packing as pk\ndef pack_sign_bits(x):\n    return pk.pack_negative(x < 0)\n",
+     "quantlab.packing.pack_negative"),
+    ("pack_sign_bits", "import quantlab.packing as pk\ndef pack_sign_bits(x):\n"
+     "    b = pk.pack_bits(torch.as_tensor(np.concatenate([x < 0, np.zeros(-len(x) % 64, bool)]).astype(int)), 1, 0)\n"
+     "    return b.numpy().view(np.uint64)\n", "quantlab.packing.pack_bits"),
+    ("xnor_popcount_dot", "import quantlab.binary as qb\ndef xnor_popcount_dot(a_words, w_words, K):\n"
+     "    return int(qb.xnor_gemm(a_words[None], w_words[None], K, backend='numpy')[0, 0])\n",
+     "quantlab.binary.xnor_gemm"),
+    ("xnor_popcount_dot", "from quantlab.packing import unpack_signs\ndef xnor_popcount_dot(a_words, w_words, K):\n"
+     "    return int(unpack_signs(a_words, K) @ unpack_signs(w_words, K))\n", "quantlab.packing.unpack_signs"),
+    ("binarize_with_alpha", "import quantlab.binary as qb\ndef binarize_with_alpha(w):\n"
+     "    return qb.binarize_weights(w)\n", "quantlab.binary.binarize_weights"),
+    ("binarize_with_alpha", "import quantlab.binary as qb\ndef binarize_with_alpha(w):\n"
+     "    return qb.binary_weight_scale(w) * np.where(w >= 0, 1.0, -1.0)\n", "quantlab.binary.binary_weight_scale"),
+    ("binarize_with_alpha", "from quantlab.binary import SignSTE\ndef binarize_with_alpha(w):\n"
+     "    t = torch.as_tensor(w)\n"
+     "    return (t.abs().mean(dim=tuple(range(1, t.ndim)), keepdim=True) * SignSTE.apply(t)).numpy()\n",
+     "quantlab.binary.SignSTE.forward"),
 ])
 def test_every_exercise_refuses_its_own_answer(name, src, shown):
     res = run_exercise(define(src, name))
@@ -123,14 +173,51 @@ def test_every_exercise_declares_forbids_that_resolve():
     for ex in REGISTRY.values():
         assert ex.forbids, f"{ex.id} forbids nothing"
         for n in ex.forbids:
-            if n.split(".")[0] == "scipy" and "scipy" not in sys.modules:
-                try:
-                    import scipy  # noqa: F401
-                except ImportError:
-                    continue  # optional: forbidden only where SciPy is installed
+            if n.split(".")[0] not in REQUIRED and not installed(n):
+                continue  # an optional library (SciPy, scikit-learn): forbidden only where it is installed
             if "*" not in n:  # a pattern may match nothing yet (a future name); an exact name must exist
                 assert resolve(n), f"{ex.id}: forbidden name {n!r} does not resolve (renamed?)"
         assert any(resolve(n) for n in ex.forbids if n.startswith("quantlab."))
+
+
+def test_optional_libraries_are_forbidden_only_where_installed(tmp_path, monkeypatch):
+    """A forbidden name in a library that is not installed resolves to nothing and forbids nothing; once the
+    library is importable, the same name is forbidden like any other."""
+    assert not installed("optlib_for_test.cluster.kmeans") and resolve("optlib_for_test.cluster.kmeans") == []
+    src = "def kmeans_step(x, centroids):\n    return kmeans(x, centroids)\n"
+    g = Guard("kmeans_step", ["optlib_for_test.cluster.kmeans"])
+    assert g.targets == []
+    with g.active():  # nothing to patch: a no-op
+        pass
+    pkg = tmp_path / "optlib_for_test"
+    (pkg / "cluster").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "cluster" / "__init__.py").write_text("def kmeans(x, c):\n    return 'answer'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert installed("optlib_for_test.cluster.kmeans") and resolve("optlib_for_test.cluster.kmeans")
+        from optlib_for_test.cluster import kmeans
+        fn = define("from optlib_for_test.cluster import kmeans\n" + src, "kmeans_step")
+        g = Guard("kmeans_step", ["optlib_for_test.cluster.kmeans"], fn)
+        with g.active(), pytest.raises(ForbiddenCall, match="may not call `optlib_for_test.cluster.kmeans`"):
+            fn(np.zeros(3), np.zeros(2))
+        assert kmeans(1, 2) == "answer"  # restored
+    finally:
+        for m in [m for m in sys.modules if m.startswith("optlib_for_test")]:
+            del sys.modules[m]
+
+
+def test_helpers_the_new_exercises_do_not_ask_for_stay_allowed():
+    """lab 03: the grid and s = max|r| (pow2_levels, pow2_scale); lab 08: popcount64 (np.bitwise_count does it)."""
+    log = ("import quantlab.nonlinear as nl\ndef log_quantize(r, bits):\n"
+           "    K = 2 ** (bits - 1) - 1\n    s = float(nl.pow2_scale(torch.as_tensor(r)))\n"
+           "    a = np.abs(r.astype(np.float64)) / s\n"
+           "    m = np.clip(np.round(np.log2(np.where(a > 0, a, 1e-300))) + K, 0, K)\n"
+           "    return (np.sign(r) * s * 2.0 ** (m - K) * (m > 0)).astype(np.float32)\n")
+    assert run_exercise(define(log, "log_quantize")).passed
+    dot = ("from quantlab.binary_kernel import popcount64\ndef xnor_popcount_dot(a_words, w_words, K):\n"
+           "    return K - 2 * int(popcount64(np.bitwise_xor(a_words, w_words)).sum())\n")
+    assert run_exercise(define(dot, "xnor_popcount_dot")).passed
 
 
 def test_allowed_helpers_stay_allowed():

@@ -15,11 +15,16 @@ import numpy as np
 import pytest
 import torch
 
+import quantlab.binary
+import quantlab.binary_kernel
 import quantlab.calibration
+import quantlab.correction
 import quantlab.engine
 import quantlab.granularity
 import quantlab.linear
-from quantlab.grading import REGISTRY
+import quantlab.nonlinear
+import quantlab.packing
+from quantlab.grading import REGISTRY, run_exercise
 
 
 def _params(symmetric):
@@ -41,6 +46,19 @@ def _scale(w, bits, axis=0):
     return p.s.numpy()
 
 
+def _log_quantize(r, bits):
+    return quantlab.nonlinear.fake_pow2(torch.from_numpy(r), bits, rounding="log").numpy()
+
+
+def _kmeans_step(x, centroids):
+    new, codes = quantlab.nonlinear.lloyd_step(torch.from_numpy(x)[None], torch.from_numpy(centroids)[None])
+    return new[0].numpy(), codes[0].numpy()
+
+
+def _xnor_dot(a_words, w_words, K):
+    return int(quantlab.binary_kernel.xnor_gemm_numpy(a_words[None], w_words[None], K)[0, 0])
+
+
 LIBRARY = {
     "quantize": quantlab.linear.quantize,
     "dequantize": quantlab.linear.dequantize,
@@ -51,6 +69,13 @@ LIBRARY = {
     "requant_multiplier": quantlab.engine.requant_multiplier,
     "kl_divergence": quantlab.calibration.kl_divergence,
     "quantize_histogram": quantlab.calibration.quantize_histogram,
+    "log_quantize": _log_quantize,
+    "kmeans_step": _kmeans_step,
+    "bias_correction": quantlab.correction.bias_correction_term,
+    "weight_correction": quantlab.correction.weight_correction,
+    "pack_sign_bits": quantlab.packing.pack_signs,
+    "xnor_popcount_dot": _xnor_dot,
+    "binarize_with_alpha": quantlab.binary.binarize_weights,
 }
 
 
@@ -80,3 +105,12 @@ def test_independent_references_match_on_random_inputs():
         np.testing.assert_allclose(quantlab.calibration.quantize_histogram(p, levels), qh(p, levels), rtol=1e-12)
     for M in rng.uniform(1e-6, 1, 200):
         assert quantlab.engine.requant_multiplier(float(M)) == REGISTRY["requant_multiplier"].reference(float(M))
+
+
+@pytest.mark.parametrize("name", list(LIBRARY))
+def test_library_function_is_refused_by_its_exercise(name):
+    """Guarded: handing in the library's function (correct on every case, above) fails — the exercise's
+    ``forbids`` cover its own library implementation."""
+    res = run_exercise(LIBRARY[name], name)
+    assert res.status == "failed" and res.points == 0, res.feedback
+    assert "may not call `" in res.feedback and "write the formula yourself" in res.feedback, res.feedback

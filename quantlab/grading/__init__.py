@@ -39,7 +39,7 @@ from .core import (
     run_exercise,
 )
 
-# Registry in lab order (01, 02, 04, 05), then definition order within a lab.
+# Registry in lab order (01, 02, 03, ...), then definition order within a lab.
 _ordered = sorted(REGISTRY.items(), key=lambda kv: kv[1].lab)
 REGISTRY.clear()
 REGISTRY.update(_ordered)

@@ -42,7 +42,7 @@ NOTEBOOK_TIMEOUT = 60.0
 
 
 def exercises_of_lab(lab: str) -> list[str]:
-    """Exercise ids of one lab ("01", "02", "04", "05"), in registration order.
+    """Exercise ids of one lab ("01", "02", ...; a lab without exercises gives []), in registration order.
 
     >>> import quantlab.grading
     >>> exercises_of_lab("02")

@@ -98,7 +98,8 @@ register(Exercise(
                   "anyway; 0 keeps unused bits clean.", mutant=_pack_mutant("pad_ones")),
     ],
     fallback_hint="word j = sum over i < 64 of 2**i for every element x[64 j + i] == -1; ceil(K/64) words, uint64.",
-    forbids=("quantlab.packing.pack_signs", "quantlab.binary.binary_matmul"),
+    # pack_negative is pack_signs without the ±1 check; pack_bits(q, 1, 0) packs 1-bit values in the same order.
+    forbids=("quantlab.packing.pack_signs", "quantlab.packing.pack_negative", "quantlab.packing.pack_bits"),
 ))
 
 
@@ -140,7 +141,9 @@ register(Exercise(
     ],
     fallback_hint="x = a_words ^ w_words; popcount = total number of 1 bits; return K - 2 * popcount.",
     forbids=("quantlab.binary_kernel.xnor_gemm_numpy", "quantlab.binary_kernel.xnor_gemm_numba",
-             "quantlab.binary.xnor_gemm", "quantlab.binary.binary_matmul", "quantlab.packing.unpack_signs"),
+             "quantlab.binary.xnor_gemm", "quantlab.binary.binary_matmul",
+             # unpacking back to ±1 (or bits) turns the exercise into a float dot product
+             "quantlab.packing.unpack_signs", "quantlab.packing.unpack_bits"),
 ))
 
 
@@ -212,5 +215,5 @@ register(Exercise(
     fallback_hint="alpha = np.abs(w).mean(axis=tuple(range(1, w.ndim)), keepdims=True); "
                   "return alpha * np.where(w >= 0, 1.0, -1.0).",
     forbids=("quantlab.binary.binarize_weights", "quantlab.binary.binary_weight_scale", "quantlab.binary.binarize",
-             "quantlab.binary.sign_ste"),
+             "quantlab.binary.sign_ste", "quantlab.binary.SignSTE.forward"),
 ))

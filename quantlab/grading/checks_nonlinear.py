@@ -93,9 +93,10 @@ register(Exercise(
     ],
     fallback_hint="s = max|r|; K = 2^(b-1) - 1; m = clip(round(log2(|r|/s)) + K, 0, K); "
                   "r_hat = sign(r)·s·2^(m-K) where m > 0, else 0.",
+    # the library's power-of-two quantizer (every alias, e.g. quantlab.nonlinear.log.fake_pow2, is the same object);
+    # pow2_levels / pow2_scale (the grid, s = max|r|) are helpers the exercise does not ask for: allowed.
     forbids=("quantlab.nonlinear.pow2_quantize", "quantlab.nonlinear.pow2_dequantize", "quantlab.nonlinear.fake_pow2",
-             "quantlab.nonlinear.log.pow2_quantize", "quantlab.nonlinear.log.pow2_dequantize",
-             "quantlab.nonlinear.log.fake_pow2", "quantlab.nonlinear.quantize_weight"),
+             "quantlab.nonlinear.quantize_weight"),
 ))
 
 
@@ -171,8 +172,9 @@ register(Exercise(
     ],
     fallback_hint="codes = argmin_j |x - c_j| (ties: lower j); c_j = mean(x[codes == j]), or c_j unchanged if "
                   "no value has code j.",
-    forbids=("quantlab.nonlinear.lloyd_step", "quantlab.nonlinear.kmeans.lloyd_step",
-             "quantlab.nonlinear.kmeans_codebook", "quantlab.nonlinear.kmeans.kmeans_codebook",
-             "quantlab.nonlinear.nearest_index", "quantlab.nonlinear.kmeans.nearest_index",
-             "sklearn.cluster.KMeans", "scipy.cluster.vq.kmeans", "scipy.cluster.vq.vq"),
+    # the assign step (nearest_index) and the whole step are the exercise; kmeans_init is allowed. scikit-learn
+    # and SciPy are optional: forbidden where installed (quantlab.grading.forbid.installed).
+    forbids=("quantlab.nonlinear.lloyd_step", "quantlab.nonlinear.kmeans_codebook", "quantlab.nonlinear.nearest_index",
+             "sklearn.cluster.KMeans", "sklearn.cluster.k_means", "scipy.cluster.vq.kmeans",
+             "scipy.cluster.vq.kmeans2", "scipy.cluster.vq.vq"),
 ))

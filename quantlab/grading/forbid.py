@@ -3,7 +3,9 @@ r"""Forbidding: while a learner's exercise runs, the functions that implement th
 An exercise's ``forbids`` lists dotted names — ``"quantlab.linear.quantize"``,
 ``"torch.quantize_per_tensor"``, a method ``"torch.ao.quantization.observer.MinMaxObserver.calculate_qparams"``,
 or a pattern in the last part, ``"quantlab.calibration.*quantize_histogram*"``. They are resolved when the
-exercise is graded (importlib + getattr), so a module that became a package still works. A :class:`Guard`
+exercise is graded (importlib + getattr), so a module that became a package still works. A name in an
+optional third-party library (``scipy.stats.entropy``, ``sklearn.cluster.KMeans``) is forbidden only where
+that library is installed (:func:`installed`); where it is not, a learner cannot call it either. A :class:`Guard`
 then, around each call of the learner's function, closes two doors:
 
 1. **Every alias is replaced** by a function that raises :class:`ForbiddenCall` ("`quantize` may not call
@@ -29,11 +31,12 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import importlib
+import importlib.util
 import inspect
 import sys
 import types
 
-__all__ = ["ForbiddenCall", "Guard", "resolve", "prime"]
+__all__ = ["ForbiddenCall", "Guard", "resolve", "prime", "installed"]
 
 
 class ForbiddenCall(BaseException):
@@ -66,6 +69,24 @@ def _import_prefix(parts: list[str]):
                 continue
         return mod, i
     return None, 0
+
+
+def installed(name: str) -> bool:
+    """Whether the top-level package of a dotted name can be imported here (without importing it).
+
+    Optional libraries (SciPy, scikit-learn, ...) may be absent: their names then resolve to nothing, and
+    an exercise forbids them only where they are installed. quantlab, torch and NumPy are always installed.
+
+    >>> installed("quantlab.linear.quantize"), installed("no_such_package_here.f")
+    (True, False)
+    """
+    top = name.split(".")[0]
+    if top in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def resolve(name: str) -> list[_Target]:

@@ -14,7 +14,7 @@ import time
 from typing import Callable
 
 from .compare import equal_inputs
-from .exercise import REGISTRY, Case, Exercise
+from .exercise import REGISTRY, Case, Exercise, quiet
 from .forbid import Guard
 from .hints import precision_hint, type_mixup_hint
 from .report import CaseResult, CheckResult, format_report, short_repr
@@ -74,14 +74,16 @@ def _judge(ex: Exercise, fn, case: Case, args: tuple, call) -> tuple[str | None,
                 "(e.g. r / s instead of r /= s)"), ""
     else:
         try:
-            reason = (case.compare or ex.compare)(call.got, case.expected)
+            with quiet():
+                reason = (case.compare or ex.compare)(call.got, case.expected)
         except Exception as e:  # a comparator choking on exotic output
             reason = f"returned something that could not be compared ({type(e).__name__}: {e})"
     if reason is None:
         return None, ""
-    hint = (type_mixup_hint(fn, case.args, call.got, call.exc, case.hidden, reason)
-            or ex.match(case, call.got, call.exc) or precision_hint(fn, case.args, call.got, case.expected)
-            or case.hint or ex.fallback_hint)
+    with quiet():
+        hint = (type_mixup_hint(fn, case.args, call.got, call.exc, case.hidden, reason)
+                or ex.match(case, call.got, call.exc) or precision_hint(fn, case.args, call.got, case.expected)
+                or case.hint or ex.fallback_hint)
     if case.hidden:  # its values, and a learner's error message that may quote them, stay private
         reason = f"raised {type(call.exc).__name__}" if call.exc is not None else "wrong result"
     return reason, hint
