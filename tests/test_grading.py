@@ -95,6 +95,26 @@ def test_independent_references_agree_with_library():
                                quantize_histogram_reference(p, 5), rtol=1e-6)
 
 
+def _nan_like(x):
+    return tuple(_nan_like(v) for v in x) if isinstance(x, tuple) else np.full(np.shape(x), np.nan)
+
+
+def test_grader_computations_print_no_warnings():
+    """References and known wrong solutions run when check() first meets an exercise: in the learner's notebook.
+    A wrong solution that divides by zero on an edge case (weight_correction's flat channel) must stay silent."""
+    import dataclasses
+    import warnings
+
+    for ex in REGISTRY.values():
+        fresh = dataclasses.replace(ex, _cases=None, _extra=[], _mutants={})
+        with warnings.catch_warnings(record=True) as caught, np.errstate(all="warn"):
+            warnings.simplefilter("always")
+            fresh.prepared_cases()
+            bad = fresh.prepared_cases()[-1]
+            fresh.match(bad, _nan_like(bad.expected), None)  # hint predicates on NaN output
+        assert not caught, f"{ex.id}: {[str(w.message) for w in caught]}"
+
+
 def test_requant_reference_definition():
     for M in [0.5, 0.0123, 0.7071, 3.1e-5, 1 - 2**-40, 0.99999]:
         M0, n = requant_multiplier_reference(M)

@@ -103,3 +103,16 @@ def test_hidden_inputs_are_described_without_shapes():
 
     text = describe_inputs(lambda w, axis: 0, (np.zeros((3, 5), np.float32), 1), detail=False)
     assert text == "w as a NumPy array; axis as a Python number"
+
+
+def test_list_of_python_int_words_is_read_exactly():
+    """A correct pack_sign_bits building each word as a Python int and returning a list: words >= 2^63 next to
+    small ones must not become float64 (NumPy's int64 + uint64 promotion) and fail as "returned dtype float64"."""
+    fn = define("def pack_sign_bits(x):\n    words = []\n    for j in range(0, len(x), 64):\n        w = 0\n"
+                "        for i, v in enumerate(x[j:j + 64]):\n            if v == -1:\n                w |= 1 << i\n"
+                "        words.append(w)\n    return words\n", "pack_sign_bits")
+    res = run_exercise(fn)
+    assert res.status == "passed", res.feedback
+    wrong = define("def pack_sign_bits(x):\n    return [2**63 + 1] * ((len(x) + 63) // 64)\n", "pack_sign_bits")
+    res = run_exercise(wrong)
+    assert res.status == "failed" and "word 0 differs" in res.feedback and "float" not in res.feedback, res.feedback

@@ -14,11 +14,37 @@ from .report import plain
 __all__ = ["to_array", "compare_array", "compare_scalar", "compare_tuple", "equal_inputs"]
 
 
+def _exact_ints(x) -> np.ndarray | None:
+    """A (nested) list of Python ints as an exact int64/uint64 array, or None when it is not one.
+
+    NumPy turns ``[2**63, 5]`` into float64 (int64 and uint64 promote to float), which rounds 64-bit words.
+    """
+    obj = np.empty(0, dtype=object)
+    try:
+        obj = np.asarray(x, dtype=object)
+    except Exception:
+        return None
+    vals = list(obj.flat)
+    if obj.size == 0 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+                                for v in vals):
+        return None
+    lo, hi = int(min(vals)), int(max(vals))
+    if -2**63 <= lo and hi < 2**63:
+        return obj.astype(np.int64)
+    if 0 <= lo and hi < 2**64:
+        return obj.astype(np.uint64)
+    return None
+
+
 def to_array(x) -> np.ndarray:
     """Learner output -> NumPy array (torch tensors, lists, scalars); raises TypeError when impossible.
 
+    A list of Python ints stays exact, also for 64-bit words above 2^63 (NumPy alone would give float64).
+
     >>> to_array([1, 2]).tolist()
     [1, 2]
+    >>> to_array([2**64 - 1, 5]).dtype
+    dtype('uint64')
     """
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch here
         try:
@@ -32,6 +58,9 @@ def to_array(x) -> np.ndarray:
         a = np.asarray(x)
     except Exception as e:  # ragged lists and such
         raise TypeError(f"returned {type(x).__name__}, which is not an array ({e})") from None
+    if isinstance(x, (list, tuple)) and a.dtype.kind in "fO":
+        exact = _exact_ints(x)
+        a = exact if exact is not None else a
     if a.dtype == object or a.dtype.kind not in "biuf":
         raise TypeError(f"returned {type(x).__name__} with dtype {a.dtype}, expected numbers")
     return a
