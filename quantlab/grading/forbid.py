@@ -81,11 +81,11 @@ def installed(name: str) -> bool:
     (True, False)
     """
     top = name.split(".")[0]
-    if top in sys.modules:
+    if sys.modules.get(top) is not None:
         return True
     try:
         return importlib.util.find_spec(top) is not None
-    except (ImportError, ValueError):
+    except (ImportError, ValueError):  # ValueError: sys.modules[top] is None (an import blocked on purpose)
         return False
 
 
