@@ -115,7 +115,9 @@ class GranularityExplorer(Explorer):
         self.t_lo.set_ydata([lo.min()] * 2)
         self.t_hi.set_ydata([hi.max()] * 2)
         pad = 0.05 * (hi.max() - lo.min())
-        self.ax_r.set_ylim(float(lo.min() - pad), float(hi.max() + pad))
+        ylim = (float(lo.min() - pad), float(hi.max() + pad))
+        if self.ax_r.get_ylim() != ylim:  # only an outlier change moves the limits: then one full draw
+            self.ax_r.set_ylim(*ylim)
         summary = {}
         for name, g in GRANULARITIES.items():
             p = choose_qparams(w, bits, g, symmetric=True, narrow=True)
