@@ -12,7 +12,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import quantlab as ql  # noqa: E402
-from quantlab.viz.granularity import GranularityExplorer, per_channel_sqnr, with_outlier_channel  # noqa: E402
+from quantlab.metrics import per_channel_sqnr  # noqa: E402
+from quantlab.models import with_outlier_channel  # noqa: E402
+from quantlab.viz.granularity import GranularityExplorer  # noqa: E402
 from quantlab.viz.linear import DATASETS, LinearExplorer, sample_data  # noqa: E402
 
 

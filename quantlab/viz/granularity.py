@@ -14,48 +14,13 @@ from matplotlib.collections import LineCollection
 
 from ..granularity import PerChannel, PerGroup, PerTensor, choose_qparams
 from ..linear import fake_quantize
+from ..metrics import per_channel_sqnr
+from ..models import with_outlier_channel  # noqa: F401 - re-exported for older notebooks
 from ._base import Explorer, new_figure
 
-__all__ = ["per_channel_sqnr", "with_outlier_channel", "GranularityExplorer"]
+__all__ = ["GranularityExplorer"]
 
 GRANULARITIES = {"per-tensor": PerTensor(), "per-channel": PerChannel(0), "per-group (16)": PerGroup(16)}
-
-
-def per_channel_sqnr(w: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
-    r"""SQNR of each output channel c in dB:  10 log10( sum w_c^2 / sum (w_c - w_hat_c)^2 ), shape (C,).
-
-    Channels quantized without error get +inf (shown clipped in plots).
-
-    >>> per_channel_sqnr(torch.ones(2, 3), torch.ones(2, 3) * 0.9).round()
-    tensor([20., 20.])
-    """
-    w2 = w.reshape(w.shape[0], -1).double()
-    e2 = (w2 - w_hat.reshape(w.shape[0], -1).double()).pow(2).sum(1)
-    sq = 10 * torch.log10(w2.pow(2).sum(1) / e2)
-    return torch.where(e2 == 0, torch.full_like(sq, float("inf")), sq).float()
-
-
-def with_outlier_channel(model: torch.nn.Module, layer: str, channel: int, factor: float) -> torch.nn.Module:
-    r"""A copy of ``model`` whose conv ``layer`` has output channel ``channel`` scaled by ``factor``.
-
-    The following BatchNorm's statistics are scaled too (mu_c <- k mu_c, sigma_c^2 <- k^2 sigma_c^2, and the
-    conv bias b_c <- k b_c), so in FP32 the network computes *exactly the same function* — only the
-    weights' range changed. Requires ``layer`` to be followed by BatchNorm ``bn`` + layer suffix (conv2 -> bn2).
-
-    >>> m2 = with_outlier_channel(load_trained(), "conv2", 3, 20.0)
-    """
-    import copy
-
-    m = copy.deepcopy(model)
-    conv = getattr(m, layer)
-    bn = getattr(m, layer.replace("conv", "bn"))
-    with torch.no_grad():
-        conv.weight[channel] *= factor
-        if conv.bias is not None:
-            conv.bias[channel] *= factor
-        bn.running_mean[channel] *= factor
-        bn.running_var[channel] *= factor**2
-    return m
 
 
 class GranularityExplorer(Explorer):

@@ -8,7 +8,8 @@ import torch
 from matplotlib.collections import LineCollection
 from matplotlib.ticker import MaxNLocator, NullLocator
 
-from ..linear import fake_quantize, qrange, scale_zero_point
+from ..granularity import qparams_from_range
+from ..linear import fake_quantize
 from ..metrics import compression_ratio
 from ._base import Explorer, new_figure
 
@@ -109,17 +110,16 @@ class LinearExplorer(Explorer):
         return self._cache[name]
 
     def params(self):
-        """(s, z, q_min, q_max) for the current controls: range [c·r_min, c·r_max] -> scale_zero_point.
+        """QParams (s, z, q_min, q_max) for the current controls: the range [c·r_min, c·r_max] through
+        :func:`quantlab.granularity.qparams_from_range`, the library's one range -> (s, z) path.
 
         Symmetric uses the signed grid qrange(b) (z = 0); asymmetric the unsigned grid qrange(b, signed=False).
         """
         c = self.controls
         r, *_ = self._data(c["data"].value)
         symmetric = c["mode"].value == "symmetric"
-        q_min, q_max = qrange(c["bits"].value, signed=symmetric)
         r_min, r_max = float(r.min()) * c["clip"].value, float(r.max()) * c["clip"].value
-        s, z = scale_zero_point(r_min, r_max, q_min, q_max, symmetric=symmetric)
-        return s, z, q_min, q_max
+        return qparams_from_range(r_min, r_max, c["bits"].value, symmetric=symmetric)
 
     def update(self):
         c = self.controls

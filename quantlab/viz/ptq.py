@@ -21,42 +21,18 @@ import itertools
 import numpy as np
 import torch
 from matplotlib.ticker import MaxNLocator
-from torch import nn
 
 from ..data import calibration_batch, load_mnist  # noqa: F401 - used by BENCHMARK_CASES
 from ..engine import run_int
 from ..granularity import PerChannel, PerTensor
 from ..models import evaluate, fold_batchnorm, load_trained  # noqa: F401
-from ..ptq import ActRanges, convert, layer_chain, median_time, quantize_weights, state_size_bytes
+from ..ptq import convert, median_time, prefix_minmax_ranges, quantize_weights, state_size_bytes
 from ._base import Explorer, new_figure
 
-__all__ = ["prefix_minmax_ranges", "PTQExplorer"]
+__all__ = ["PTQExplorer"]
 
 GRANULARITIES = {"per-tensor": PerTensor(), "per-channel": PerChannel(0)}
 FLOOR = 1e-5  # histogram bars relative to the peak, on a log axis from here to 1
-
-
-def prefix_minmax_ranges(model: nn.Module, x_calib: torch.Tensor, sizes) -> dict:
-    """{n: ActRanges} of min/max calibration on the first n images, for every n in ``sizes``, in one pass.
-
-    Equal to ``calibrate_activations(model, x_calib[:n], "minmax")`` for each n (tests check it): the
-    range of a prefix is the running min/max of per-image minima/maxima.
-    """
-    sizes = sorted(int(n) for n in sizes)
-    if not sizes or sizes[0] < 1 or sizes[-1] > len(x_calib):
-        raise ValueError(f"calibration sizes must lie in 1..{len(x_calib)}; got {sizes}.")
-    chain = [("input", nn.Identity())] + layer_chain(fold_batchnorm(model))
-    x = x_calib[: sizes[-1]]
-    lo, hi = {}, {}
-    with torch.no_grad():
-        out = x
-        for name, layer in chain:
-            out = layer(out)
-            flat = out.reshape(out.shape[0], -1)
-            lo[name] = torch.cummin(flat.amin(1), 0).values
-            hi[name] = torch.cummax(flat.amax(1), 0).values
-    return {n: ActRanges({k: (float(lo[k][n - 1]), float(hi[k][n - 1])) for k in lo}, "minmax", 8, n)
-            for n in sizes}
 
 
 def _int_hist(q: torch.Tensor, q_min: int, q_max: int):
