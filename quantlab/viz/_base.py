@@ -16,7 +16,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
-__all__ = ["Explorer", "new_figure", "one_thread"]
+__all__ = ["Explorer", "new_figure", "one_thread", "static_figure"]
 
 
 @contextmanager
@@ -42,6 +42,20 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 9.0, height: float
             setattr(canvas, attr, value)
     if hasattr(canvas, "resizable"):
         canvas.resizable = False
+    return fig, axes
+
+
+def static_figure(ncols: int = 1, nrows: int = 1, width: float = 6.0, height: float = 3.2, **kw):
+    """A plain plot for a lab cell: ``plt.subplots`` (constrained layout) shown as usual at the end of the
+    cell, without ipympl's meaningless "Figure N" header and footer. Returns (fig, axes) like plt.subplots.
+
+    >>> fig, ax = static_figure(); _ = ax.plot([0, 1]); fig.get_size_inches().tolist()
+    [6.0, 3.2]
+    """
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), layout="constrained", **kw)
+    for attr in ("header_visible", "footer_visible"):
+        if hasattr(fig.canvas, attr):
+            setattr(fig.canvas, attr, False)
     return fig, axes
 
 

@@ -40,28 +40,30 @@ class GranularityExplorer(Explorer):
             "factor": widgets.FloatLogSlider(value=1.0, base=10, min=0, max=1.7, step=0.05, description="outlier ×"),
             "channel": widgets.IntSlider(value=0, min=0, max=C - 1, description="channel"),
         }
-        self.fig, (self.ax_r, self.ax_q) = new_figure(2, 1, width=9.0, height=3.0)
+        self.fig, (self.ax_r, self.ax_q) = new_figure(2, 1, width=9.0, height=3.4)
         ch = np.arange(C)
         self.ranges = LineCollection([], colors="C0", linewidths=3, alpha=0.7)
         self.ax_r.add_collection(self.ranges)
         self.t_lo = self.ax_r.axhline(0, color="C3", ls="--", lw=1, label="per-tensor range")
         self.t_hi = self.ax_r.axhline(0, color="C3", ls="--", lw=1)
         self.ax_r.set_xlim(-1, C)
-        self.ax_r.set_xlabel("output channel c")
-        self.ax_r.set_title("range [min w_c, max w_c] of each channel")
-        self.ax_r.legend(loc="upper right", fontsize=8)
+        self.ranges.set_label("range of channel c")
+        self.ax_r.set_xlabel("output channel c", fontsize=8)
+        self.ax_r.set_ylabel("weight value w", fontsize=8)
+        self.ax_r.set_title("range [min w_c, max w_c] of each channel", fontsize=10)
+        self.ax_r.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=7, frameon=False)
         self.lines = {
             name: self.ax_q.plot(ch, np.zeros(C), marker=m, ms=3, lw=1, label=name)[0]
             for name, m in zip(GRANULARITIES, "os^")
         }
         self.ax_q.set_xlim(-1, C)
-        self.ax_q.set_xlabel("output channel c")
-        self.ax_q.set_ylabel("SQNR (dB)")
-        self.ax_q.set_title("SQNR of each channel")
-        self.ax_q.legend(loc="lower left", fontsize=8)
+        self.ax_q.set_xlabel("output channel c", fontsize=8)
+        self.ax_q.set_ylabel("SQNR (dB)", fontsize=8)
+        self.ax_q.set_title("SQNR of each channel", fontsize=10)
+        self.ax_q.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=7, frameon=False)
         self.ax_q.set_ylim(-3, 60)  # fixed: a bits/channel change only blits the lines
         for ax in (self.ax_r, self.ax_q):
-            ax.tick_params(labelsize=8)
+            ax.tick_params(labelsize=7)
         self.animated = [self.ranges, self.t_lo, self.t_hi, *self.lines.values()]
         self._wire()
 
