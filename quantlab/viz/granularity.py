@@ -29,7 +29,7 @@ class GranularityExplorer(Explorer):
     Controls: bits (2–8), outlier factor (1 = none), outlier channel. Readout: mean SQNR per
     granularity and how many (s, z) pairs each stores.
 
-    >>> ex = GranularityExplorer(w); ex.controls["factor"].value = 20.0
+    >>> ex = GranularityExplorer(torch.randn(8, 16, 3, 3)); ex.controls["factor"].value = 20.0
     """
 
     def __init__(self, w: torch.Tensor, bits: int = 4):
