@@ -99,8 +99,8 @@ class Explorer:
     (drawing them re-lays-out their non-animated children and marks the figure stale: every draw would
     ask for the next one, an endless redraw loop) — :meth:`_wire` raises ValueError; (2) after a full
     draw and after a blit the figure is marked up to date, whatever drawing the animated artists did; (3)
-    the draw callback ignores re-entry; (4) an update blits only if nothing but animated artists changed
-    (figure not stale, same axis limits), otherwise it asks for one full draw.
+    the draw callback ignores re-entry; (4) an update blits when the axis limits did not change (setting the
+    same limits again is fine), otherwise it asks for one full draw.
     """
 
     fig = None
@@ -185,8 +185,9 @@ class Explorer:
                 from IPython.display import display
 
                 display(self.fig)
-        elif self._bg is not None and not self.fig.stale and self._limits() == self._bg_limits:
-            # only animated artists changed (they do not mark the figure stale): blit them
+        elif self._bg is not None and self._limits() == self._bg_limits:
+            # same axis limits: restore the background and blit the animated artists. (A non-animated
+            # artist changed in update() shows at the next full draw: change only animated ones.)
             canvas.restore_region(self._bg)
             self._draw_animated()
             canvas.blit(self.fig.bbox)
