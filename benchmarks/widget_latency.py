@@ -6,8 +6,10 @@ Runs under ipympl's backend (as in the labs). For each explorer it sets a sequen
 learner dragging a slider would, and times the Python side of one update: the observer callback
 (recompute, move artists, blit or full redraw) plus the PNG that ipympl would send to the browser
 (``canvas.get_diff_image()``). Prints median and p95 in ms per explorer, and how many updates needed a
-full redraw (axis limits changed) instead of a blit, and the median CPU time of this process (wall time
-on a busy machine includes waiting for a core). Target: median <= 50 ms.
+full redraw (axis limits changed) instead of a blit, the median CPU time of this process (wall time
+on a busy machine includes waiting for a core), and whether the explorer is idle after a draw (a full draw
+asks for no further draw). Target: median <= 50 ms, idle yes. Every lab's explorer is registered: labs 01/02
+below, later labs through ``BENCHMARK_CASES`` in their ``quantlab/viz/<concept>.py``.
 """
 
 from __future__ import annotations
@@ -79,22 +81,28 @@ def time_explorer(module: str, factory: str, values: dict, repeats: int):
                 canvas.get_diff_image()
                 times.append(time.perf_counter() - t0)
                 cpu.append(time.process_time() - c0)
-    return times, cpu, getattr(ex, "n_full_draws", len(times)) - full0
+    # Idle after render: one more full draw must not ask for yet another (the lab 04 redraw loop, issue 15).
+    pending["draw"] = False
+    canvas.draw()
+    idle = not pending["draw"] and not ex.fig.stale
+    return times, cpu, getattr(ex, "n_full_draws", len(times)) - full0, idle
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
-    print(f"{'explorer':<22}{'updates':>8}{'full draws':>11}{'median ms':>11}{'p95 ms':>9}{'CPU median ms':>15}")
+    print(f"{'lab / explorer':<22}{'updates':>8}{'full draws':>11}{'median ms':>11}{'p95 ms':>9}"
+          f"{'CPU median ms':>15}{'idle':>6}")
     worst = 0.0
     for label, module, factory, values in CASES + extra_cases():
-        ts, cpu, full = time_explorer(module, factory, values, args.repeats)
+        ts, cpu, full, idle = time_explorer(module, factory, values, args.repeats)
         ts.sort()
         med = statistics.median(ts) * 1e3
         p95 = ts[min(len(ts) - 1, int(0.95 * len(ts)))] * 1e3
         worst = max(worst, med)
-        print(f"{label:<22}{len(ts):>8}{full:>11}{med:>11.1f}{p95:>9.1f}{statistics.median(cpu) * 1e3:>15.1f}")
+        print(f"{label:<22}{len(ts):>8}{full:>11}{med:>11.1f}{p95:>9.1f}{statistics.median(cpu) * 1e3:>15.1f}"
+              f"{'yes' if idle else 'NO':>6}")
     print(f"worst median: {worst:.1f} ms (target <= 50 ms; wall time — CPU time shows the cost without other load)")
 
 

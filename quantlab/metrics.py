@@ -85,3 +85,30 @@ def model_size_bytes(model: torch.nn.Module, bits: int | None = None, per_channe
         if b.is_floating_point():
             total += b.numel() * 4
     return total
+
+
+def per_channel_sqnr(w, w_hat, axis: int = 0) -> torch.Tensor:
+    r"""SQNR of each channel c along ``axis``, in dB:  10 log10( sum w_c^2 / sum (w_c - w_hat_c)^2 ).
+
+    Shapes: w, w_hat tensors of one shape with ndim >= 1; returns float32 of shape (w.shape[axis],), on
+    w's device. A channel quantized without error gets +inf; an all-zero channel with an error gets -inf.
+    Raises TypeError/ValueError for non-tensors, NaN/inf, mismatched shapes or an axis out of range.
+
+    >>> per_channel_sqnr(torch.ones(2, 3), torch.ones(2, 3) * 0.9).round()
+    tensor([20., 20.])
+    >>> per_channel_sqnr(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 2.0]]))
+    tensor([inf])
+    """
+    a, b = _pair(w, w_hat)
+    if a.ndim == 0:
+        raise ValueError("w must have at least one axis (the channels); got a scalar.")
+    if not -a.ndim <= axis < a.ndim:
+        raise ValueError(f"axis must lie in [{-a.ndim}, {a.ndim - 1}] for w of shape {tuple(a.shape)}; got {axis}.")
+    a, b = a.movedim(axis, 0).reshape(a.shape[axis], -1), b.movedim(axis, 0).reshape(a.shape[axis], -1)
+    signal, noise = a.pow(2).sum(1), (a - b).pow(2).sum(1)
+    with torch.no_grad():
+        ratio = torch.where(noise == 0, torch.full_like(noise, float("inf")), signal / noise.clamp_min(1e-300))
+    return (10 * torch.log10(ratio)).float()
+
+
+__all__ += ["per_channel_sqnr"]

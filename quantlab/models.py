@@ -457,3 +457,51 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def with_outlier_channel(model: nn.Module, layer: str, channel: int, factor: float) -> nn.Module:
+    r"""A copy of ``model`` whose conv ``layer`` has output channel ``channel`` scaled by k = ``factor``.
+
+    The BatchNorm after it (named like the layer with ``conv`` -> ``bn``: conv2 -> bn2) is scaled to match,
+    mu_c <- k mu_c, sigma_c^2 <- k^2 sigma_c^2 (and the conv bias b_c <- k b_c), so in FP32 the network
+    computes the same function; only the weights' range changed (lab 02's outlier channel). Built with
+    :func:`replace_layers`: ``model`` is untouched.
+
+    Raises ValueError naming the layer for an unknown layer, a layer without its BatchNorm, a channel out
+    of range or a factor that is not a finite number > 0.
+
+    >>> base = SmallCNN().eval()
+    >>> m = with_outlier_channel(base, "conv2", 3, 20.0)
+    >>> bool(torch.allclose(m.conv2.weight[3], 20 * base.conv2.weight[3]))
+    True
+    """
+    import math
+
+    check_model(model)
+    bn_name = layer.replace("conv", "bn")
+    modules = dict(model.named_modules())
+    if not isinstance(modules.get(layer), nn.Conv2d) or not isinstance(modules.get(bn_name), nn.BatchNorm2d):
+        convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+        raise ValueError(f"layer {layer!r} must be a Conv2d followed by BatchNorm2d {bn_name!r}; "
+                         f"the model's Conv2d layers are {convs}.")
+    n_out = modules[layer].out_channels
+    if not isinstance(channel, int) or not 0 <= channel < n_out:
+        raise ValueError(f"layer {layer!r}: channel must be an int in [0, {n_out - 1}]; got {channel!r}.")
+    if not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+        raise ValueError(f"layer {layer!r}: factor must be a finite number > 0; got {factor!r}.")
+
+    def scale(name, m):
+        with torch.no_grad():
+            if name == layer:
+                m.weight[channel] *= factor
+                if m.bias is not None:
+                    m.bias[channel] *= factor
+            elif name == bn_name:
+                m.running_mean[channel] *= factor
+                m.running_var[channel] *= factor**2
+        return m
+
+    return replace_layers(model, scale, types=(nn.Conv2d, nn.BatchNorm2d))
+
+
+__all__ += ["with_outlier_channel"]

@@ -39,9 +39,11 @@ CHROMIUM_ARGS = [
 
 SERVER_READY_TIMEOUT_S = 60.0
 KERNEL_READY_TIMEOUT_S = 60.0
-RUN_ALL_TIMEOUT_S = 120.0
+RUN_ALL_TIMEOUT_S = 240.0  # lab 04 precomputes its 48-setting grid: > 120 s on a loaded 2-core machine
 WIDGETS_TIMEOUT_S = 20.0
 REDRAW_TIMEOUT_S = 5.0
+IDLE_SETTLE_S = 8.0  # after a render or a drag the kernel must be idle within this ...
+IDLE_WINDOW_S = 5.0  # ... and then stay idle (no busy status, no comm message) this long
 
 
 def _in_ci() -> bool:
@@ -374,18 +376,15 @@ _JS_LOADING_WIDGETS = """
         .filter(el => el.textContent.trim() === 'Loading widget...').length
 """
 
-# Canvas geometry in ipympl 0.10: .jupyter-matplotlib-canvas-div holds the figure canvas and, on top,
-# the rubber-band canvas; the figure is the first one.
-_JS_CANVAS_AFTER_SLIDER = """
+# An *explorer* is an output area holding an ipympl canvas and at least one slider (quantlab's Explorer.ui,
+# or any hand-built VBox of widgets + figure). ipympl 0.10: .jupyter-matplotlib-canvas-div holds the figure
+# canvas and, on top, the rubber-band canvas; the figure is the first one.
+_JS_EXPLORERS = """
 () => {
-  const slider = document.querySelector('.widget-slider');
-  if (!slider) return -1;
-  const canvases = Array.from(document.querySelectorAll('.jupyter-matplotlib-canvas-div'))
-                        .map(d => d.querySelector('canvas'));
-  for (let i = 0; i < canvases.length; i++) {
-    if (slider.compareDocumentPosition(canvases[i]) & Node.DOCUMENT_POSITION_FOLLOWING) return i;
-  }
-  return -1;
+  window.__qlExplorerEls = () => Array.from(document.querySelectorAll('.jp-OutputArea-output'))
+    .filter(o => o.querySelector('.jupyter-matplotlib-canvas-div canvas') && o.querySelector('.widget-slider'));
+  window.__qlCanvas = (k) => window.__qlExplorerEls()[k].querySelector('.jupyter-matplotlib-canvas-div canvas');
+  return window.__qlExplorerEls().length;
 }
 """
 
@@ -404,30 +403,24 @@ _JS_SCROLL_TO_CANVAS = """
 """
 
 _JS_CANVAS_DATA = """
-(i) => {
-  const div = document.querySelectorAll('.jupyter-matplotlib-canvas-div')[i];
-  const c = div && div.querySelector('canvas');
-  return c ? c.toDataURL() : null;
-}
+(k) => { const c = window.__qlCanvas(k); return c ? c.toDataURL() : null; }
 """
 
 _JS_CANVAS_PAINTED = """
-(i) => {
-  const div = document.querySelectorAll('.jupyter-matplotlib-canvas-div')[i];
-  const c = div && div.querySelector('canvas');
+(k) => {
+  const c = window.__qlCanvas(k);
   if (!c || !c.width || !c.height) return false;
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-  for (let k = 3; k < d.length; k += 4 * 97) if (d[k] !== 0) return true;
+  for (let i = 3; i < d.length; i += 4 * 97) if (d[i] !== 0) return true;
   return false;
 }
 """
 
-
 # Timestamps (page clock) of the drag and of every paint of the watched canvas: ipympl paints a view
 # with drawImage(offscreen_canvas) on the visible canvas' 2d context.
 _JS_WATCH_DRAWS = """
-(i) => {
-  const c = document.querySelectorAll('.jupyter-matplotlib-canvas-div')[i].querySelector('canvas');
+(k) => {
+  const c = window.__qlCanvas(k);
   const ctx = c.getContext('2d');
   window.__qlDraws = [];
   if (!ctx.__qlWrapped) {
@@ -455,6 +448,36 @@ _JS_DRAW_TIMES = """
     drag_ms: (p.up !== undefined && p.down !== undefined) ? p.up - p.down : null,
     n_draws: after.length,
   };
+}
+"""
+
+# Kernel activity: every iopub message (status busy/idle, comm_msg, stream, display) with its page time.
+# A kernel that keeps redrawing shows a stream of busy/idle pairs and comm_msg images with nobody typing.
+_JS_WATCH_ACTIVITY = """
+() => {
+  const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+  window.__qlActivity = [];
+  kernel.iopubMessage.connect((_, msg) => {
+    const t = msg.header.msg_type, c = msg.content || {};
+    window.__qlActivity.push({t: performance.now(), type: t,
+      state: t === 'status' ? c.execution_state : null,
+      what: t === 'comm_msg' && c.data ? (c.data.method || '') + ' ' + JSON.stringify(c.data.content || {}).slice(0, 60)
+                                       : null});
+  });
+  return true;
+}
+"""
+
+_JS_ACTIVITY = """
+(since) => {
+  const now = performance.now();
+  const msgs = (window.__qlActivity || []).filter(m => m.t >= now - since * 1000);
+  const last = (window.__qlActivity || []).slice(-1)[0];
+  const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+  return {status: kernel.status, quiet_s: last ? (now - last.t) / 1000 : 1e9,
+          busy: msgs.filter(m => m.state === 'busy').length,
+          comm: msgs.filter(m => m.type === 'comm_msg').length,
+          sample: msgs.filter(m => m.what).slice(0, 4).map(m => m.what)};
 }
 """
 
@@ -532,6 +555,7 @@ class NotebookDriver:
         self.kernel_name = state.get("name")
         self.kernel_prefix = self.page.evaluate(_JS_KERNEL_PREFIX)
         self.page.evaluate(_JS_WATCH_IOPUB)
+        self.page.evaluate(_JS_WATCH_ACTIVITY)
         self.t.kernel_s = time.perf_counter() - t0
 
     def run_all(self) -> None:
@@ -582,88 +606,112 @@ class NotebookDriver:
             self.fail("no ipywidgets slider (.widget-slider .noUi-target) rendered")
         self.t.widgets_s = time.perf_counter() - t0
 
-    def drag_first_slider(self) -> dict:
+    def explorers(self) -> int:
+        """How many explorers (output areas with an ipympl canvas and a slider) the page shows."""
+        return self.page.evaluate(_JS_EXPLORERS)
+
+    def check_idle(self, what: str) -> dict:
+        """The kernel goes idle within IDLE_SETTLE_S and then stays idle for IDLE_WINDOW_S: no busy status,
+        no comm message (an explorer that keeps redrawing sends both, ~10 a second in the lab 04 bug)."""
         page = self.page
-        slider = page.locator(".widget-slider").first
+
+        def settled():
+            a = page.evaluate(_JS_ACTIVITY, 0)
+            return a if a["status"] == "idle" and a["quiet_s"] >= 1.0 else None
+
+        if not _poll(settled, IDLE_SETTLE_S, 0.2):
+            a = page.evaluate(_JS_ACTIVITY, IDLE_SETTLE_S)
+            self.fail(f"kernel not idle {IDLE_SETTLE_S:.0f} s after {what}: status {a['status']}, "
+                      f"{a['busy']} busy / {a['comm']} comm messages in that time, e.g. {a['sample']} "
+                      "(an explorer that redraws forever?)")
+        time.sleep(IDLE_WINDOW_S)
+        a = page.evaluate(_JS_ACTIVITY, IDLE_WINDOW_S)
+        if a["busy"] or a["comm"] or a["status"] != "idle":
+            self.fail(f"kernel did not stay idle for {IDLE_WINDOW_S:.0f} s after {what}: {a['busy']} busy, "
+                      f"{a['comm']} comm messages, e.g. {a['sample']} (an explorer that redraws forever?)")
+        return a
+
+    def exercise_explorer(self, k: int) -> dict:
+        """Screenshot explorer k, drag its first slider, require readout + canvas to change and the kernel
+        to go idle again; screenshot after the drag."""
+        page = self.page
+        box = page.locator(f'[data-ql-explorer="{k}"]')
+        slider = box.locator(".widget-slider").first
         target = slider.locator(".noUi-target").first
         handle = target.locator(".noUi-handle").first
         readout = slider.locator(".widget-readout").first
-        canvas_i = page.evaluate(_JS_CANVAS_AFTER_SLIDER)
-        if canvas_i < 0:
-            self.fail("no ipympl canvas follows the first slider")
-        slider.scroll_into_view_if_needed()
-        # The figure must be painted and stable before the "before" snapshot.
-        if not _poll(lambda: page.evaluate(_JS_CANVAS_PAINTED, canvas_i), 10):
-            self.fail(f"ipympl canvas #{canvas_i} never painted")
-        before_img = self._stable_canvas(canvas_i)
+        box.scroll_into_view_if_needed()
+        if not _poll(lambda: page.evaluate(_JS_CANVAS_PAINTED, k), 10):
+            self.fail(f"explorer {k}: ipympl canvas never painted")
+        before_img = self._stable_canvas(k)
         before_value = readout.inner_text().strip()
-        self.screenshot("")
+        self.screenshot(f".explorer{k}", box)
 
         tbox, hbox = target.bounding_box(), handle.bounding_box()
         if not tbox or not hbox or tbox["width"] < 20:
-            self.fail(f"slider track not visible: track={tbox} handle={hbox}")
+            self.fail(f"explorer {k}: slider track not visible: track={tbox} handle={hbox}")
         x0 = hbox["x"] + hbox["width"] / 2
         y0 = hbox["y"] + hbox["height"] / 2
-        distance = 0.4 * tbox["width"]
-        center = tbox["x"] + tbox["width"] / 2
-        x1 = x0 + distance if x0 <= center else x0 - distance
+        # to the far end of the track: a SelectionSlider with 2-3 options snaps back on a short drag
+        x1 = tbox["x"] + tbox["width"] - 1 if x0 <= tbox["x"] + tbox["width"] / 2 else tbox["x"] + 1
         page.evaluate("() => { window.__qlKernelErrors = []; }")
-        page.evaluate(_JS_WATCH_DRAWS, canvas_i)
+        page.evaluate(_JS_WATCH_DRAWS, k)
         page.mouse.move(x0, y0)
         page.mouse.down()
         page.mouse.move(x1, y0, steps=12)
         page.mouse.up()
         t_up = time.perf_counter()
-
-        def redrawn():
-            return page.evaluate(_JS_CANVAS_DATA, canvas_i) != before_img
-
-        changed = _poll(redrawn, REDRAW_TIMEOUT_S, 0.02)
+        changed = _poll(lambda: page.evaluate(_JS_CANVAS_DATA, k) != before_img, REDRAW_TIMEOUT_S, 0.02)
         t_changed = time.perf_counter() - t_up
         _poll(lambda: readout.inner_text().strip() != before_value, 2)
         after_value = readout.inner_text().strip()
-        # Let the kernel settle (the last slider message's redraw) before the "after" screenshot.
-        _poll(lambda: page.evaluate(_JS_KERNEL_IDLE), 5)
-        self._stable_canvas(canvas_i)
-        self.screenshot(".after_drag")
         times = page.evaluate(_JS_DRAW_TIMES)
-        self.t.n_draws = times["n_draws"]
-        self.t.drag_s = (times["drag_ms"] or 0) / 1000
-        self.t.settle_s = (times["last_after_up_ms"] or 0) / 1000
-        # Fallback when the paint hook saw nothing (another ipympl version): release -> first change seen.
-        self.t.redraw_s = times["first_ms"] / 1000 if times["first_ms"] is not None else t_changed
         errors = page.evaluate("() => window.__qlKernelErrors")
         if errors:
-            self.fail(
-                "the kernel reported an error during the drag (widget callback?):\n"
-                + "\n---\n".join(e[:3000] for e in errors)
-            )
+            self.fail(f"explorer {k}: the kernel reported an error during the drag (widget callback?):\n"
+                      + "\n---\n".join(e[:3000] for e in errors))
         if after_value == before_value:
-            self.fail(f"slider readout did not change on drag ({before_value!r}, moved {x1 - x0:+.0f}px)")
+            self.fail(f"explorer {k}: slider readout did not change on drag ({before_value!r}, moved {x1 - x0:+.0f}px)")
         if not changed:
-            self.fail(
-                f"ipympl canvas #{canvas_i} did not redraw within {REDRAW_TIMEOUT_S:.0f} s of the drag "
-                f"(readout {before_value!r} -> {after_value!r})"
-            )
-        return {"before": before_value, "after": after_value, "canvas": canvas_i}
+            self.fail(f"explorer {k}: ipympl canvas did not redraw within {REDRAW_TIMEOUT_S:.0f} s of the drag "
+                      f"(readout {before_value!r} -> {after_value!r})")
+        self.check_idle(f"dragging explorer {k}'s first slider")
+        self._stable_canvas(k)
+        self.screenshot(f".explorer{k}.after_drag", box)
+        if k == 0:
+            self.t.n_draws = times["n_draws"]
+            self.t.drag_s = (times["drag_ms"] or 0) / 1000
+            self.t.settle_s = (times["last_after_up_ms"] or 0) / 1000
+            self.t.redraw_s = times["first_ms"] / 1000 if times["first_ms"] is not None else t_changed
+        return {"before": before_value, "after": after_value}
 
-    def _stable_canvas(self, i: int, timeout_s: float = 5.0) -> str:
-        prev = self.page.evaluate(_JS_CANVAS_DATA, i)
+    def exercise_explorers(self, expected: int) -> list[dict]:
+        """Every explorer of the page: idle after render, then drag each one (see exercise_explorer)."""
+        n = self.explorers()
+        if n < max(expected, 1):
+            self.fail(f"{n} explorer(s) rendered (canvas + slider in one output); the notebook builds {expected}")
+        self.page.evaluate("() => window.__qlExplorerEls().forEach((el, k) => el.setAttribute('data-ql-explorer', k))")
+        self.check_idle("Run All (every explorer rendered)")
+        return [self.exercise_explorer(k) for k in range(n)]
+
+    def _stable_canvas(self, k: int, timeout_s: float = 5.0) -> str:
+        prev = self.page.evaluate(_JS_CANVAS_DATA, k)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             time.sleep(0.3)
-            cur = self.page.evaluate(_JS_CANVAS_DATA, i)
+            cur = self.page.evaluate(_JS_CANVAS_DATA, k)
             if cur == prev:
                 return cur
             prev = cur
         return prev
 
     # -- reporting --------------------------------------------------------------------------------
-    def screenshot(self, suffix: str) -> Path:
+    def screenshot(self, suffix: str, element=None) -> Path:
+        """A PNG under ``shots`` (artifacts/browser/): the whole page, or just ``element`` (a locator)."""
         self.shots.mkdir(parents=True, exist_ok=True)
         path = self.shots / f"{self.name}{suffix}.png"
         try:
-            self.page.screenshot(path=str(path))
+            (element or self.page).screenshot(path=str(path))
         except Exception as exc:  # a screenshot must never hide the real failure
             print(f"screenshot {path} failed: {exc}")
         return path

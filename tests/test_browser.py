@@ -2,8 +2,12 @@
 
 For each ``labs/NN_*.ipynb`` (and a tiny fixture notebook that isolates infrastructure failures):
 open it, wait for the kernel, Run All, fail on any error output or widget that never renders, check an
-ipympl canvas and an ipywidgets slider exist, then drag the first slider with the mouse and require
-both its readout and the next ipympl figure to change. Screenshots go to ``artifacts/browser/``.
+ipympl canvas and an ipywidgets slider exist. Then, for EVERY explorer (an output with an ipympl canvas
+and a slider; as many as the notebook has cells that build a ``...Explorer(``): the kernel must go idle
+within a few seconds and stay idle 5 s (no busy status, no comm message: an explorer that redraws
+forever fails here), drag its first slider with the mouse and require its readout and its figure to
+change, then idle again. Screenshots (gitignored ``artifacts/browser/``): ``<lab>.explorer<k>.png``
+(default state) and ``<lab>.explorer<k>.after_drag.png`` per explorer, ``<lab>.failed.png`` on failure.
 
 Run: ``.venv/bin/pytest -m browser tests/test_browser.py`` (needs ``/usr/bin/chromium``:
 ``.ci/install_browser.sh``). Skips without chromium, except with ``CI=true``, where it fails.
@@ -11,7 +15,9 @@ Run: ``.venv/bin/pytest -m browser tests/test_browser.py`` (needs ``/usr/bin/chr
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -90,10 +96,18 @@ def _exercise(page, server: LabServer, rel_path: str, name: str) -> NotebookDriv
     )
     nb.run_all()
     nb.check_outputs()
-    moved = nb.drag_first_slider()
+    moved = nb.exercise_explorers(expected_explorers(server.root / rel_path))
     t = nb.finish()
-    print(f"\n{name}: {nb.n_code} code cells; slider {moved['before']!r} -> {moved['after']!r}; {t}")
+    drags = "; ".join(f"explorer {k}: {m['before']!r} -> {m['after']!r}" for k, m in enumerate(moved))
+    print(f"\n{name}: {nb.n_code} code cells; {drags}; {t}")
     return nb
+
+
+def expected_explorers(path: Path) -> int:
+    """Code cells that build a quantlab explorer (``SomethingExplorer(...)``): each must render and respond."""
+    cells = json.loads(path.read_text())["cells"]
+    pattern = re.compile(r"\b[A-Z]\w*Explorer\(")
+    return sum(bool(pattern.search("".join(c["source"]))) for c in cells if c["cell_type"] == "code")
 
 
 def _check_budget(nb: NotebookDriver, what: str) -> None:

@@ -12,7 +12,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import quantlab as ql  # noqa: E402
-from quantlab.viz.granularity import GranularityExplorer, per_channel_sqnr, with_outlier_channel  # noqa: E402
+from quantlab.metrics import per_channel_sqnr  # noqa: E402
+from quantlab.models import with_outlier_channel  # noqa: E402
+from quantlab.viz.granularity import GranularityExplorer  # noqa: E402
 from quantlab.viz.linear import DATASETS, LinearExplorer, sample_data  # noqa: E402
 
 
@@ -95,3 +97,56 @@ def test_linear_explorer_blits_unless_the_axes_change():
     assert ex.n_full_draws == full  # only the moving artists were redrawn
     ex.controls["data"].value = "outlier"  # new x-range: one full redraw
     assert ex.n_full_draws == full + 1
+
+
+# -- idle after render: no explorer may keep asking for draws (issue 15: lab 04 redrew forever) ----------
+
+def _small_ptq():
+    from quantlab.data import calibration_batch, load_mnist
+    from quantlab.models import load_trained
+    from quantlab.viz.ptq import PTQExplorer
+
+    x, y = load_mnist("test", n=40)
+    return PTQExplorer(load_trained(), x, y, calibration_batch(20), weight_bits=(2, 8), act_bits=(8,),
+                       calib_sizes=(1, 20), n_eval=40, progress=False)
+
+
+EXPLORERS = {
+    "linear": (lambda: LinearExplorer(n=3000), "bits", 3),
+    "granularity": (lambda: GranularityExplorer(torch.randn(8, 16, 3, 3), bits=4), "bits", 3),
+    "ptq": (_small_ptq, "calib", 1),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPLORERS))
+def test_explorer_goes_idle_after_a_draw_and_blits_data_changes(name, monkeypatch):
+    make, control, value = EXPLORERS[name]
+    ex = make()
+    canvas = ex.fig.canvas
+    requests = []
+    monkeypatch.setattr(canvas, "draw_idle", lambda *a, **k: requests.append(1))
+    canvas.draw()  # the browser's first paint: draw_event -> the explorer caches its background
+    assert not ex.fig.stale, "a full draw left the figure stale: under ipympl it would ask for another draw"
+    assert requests == []
+    n_full = ex.n_full_draws
+    ex.controls[control].value = value
+    assert requests == [] and ex.n_full_draws == n_full, "a data-only change must blit, not redraw"
+    assert not ex.fig.stale
+
+
+def test_legends_may_not_be_blitted():
+    from quantlab.viz._base import Explorer, new_figure
+
+    class Bad(Explorer):
+        def __init__(self):
+            self.fig, ax = new_figure()
+            (line,) = ax.plot([0, 1], label="x")
+            self.controls = {}
+            self.animated = [line, ax.legend()]
+            self._wire()
+
+        def update(self):
+            pass
+
+    with pytest.raises(ValueError, match="Legend may not be in Explorer.animated"):
+        Bad()

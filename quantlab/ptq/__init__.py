@@ -13,6 +13,7 @@ small *calibration set* from the training data through the FP32 model (:func:`ca
 """
 
 from .full import SUPPORTED_LAYERS, ActRanges, calibrate_activations, convert, layer_chain
+from .ranges import prefix_minmax_ranges
 from .weights import (
     WeightOnlyConv2d,
     WeightOnlyLinear,
@@ -25,5 +26,5 @@ from .weights import (
 __all__ = [
     "SUPPORTED_LAYERS", "state_size_bytes", "median_time",
     "WeightOnlyConv2d", "WeightOnlyLinear", "WeightOnlyModel", "quantize_weights",
-    "ActRanges", "layer_chain", "calibrate_activations", "convert",
+    "ActRanges", "layer_chain", "calibrate_activations", "convert", "prefix_minmax_ranges",
 ]

@@ -16,7 +16,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 
-__all__ = ["Explorer", "new_figure", "one_thread"]
+__all__ = ["Explorer", "new_figure", "one_thread", "static_figure"]
 
 
 @contextmanager
@@ -45,6 +45,37 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 9.0, height: float
     return fig, axes
 
 
+def static_figure(ncols: int = 1, nrows: int = 1, width: float = 6.0, height: float = 3.2, **kw):
+    """A plain plot for a lab cell: ``plt.subplots`` (constrained layout) shown as usual at the end of the
+    cell, without ipympl's meaningless "Figure N" header and footer. Returns (fig, axes) like plt.subplots.
+
+    >>> fig, ax = static_figure(); _ = ax.plot([0, 1]); fig.get_size_inches().tolist()
+    [6.0, 3.2]
+    """
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), layout="constrained", **kw)
+    for attr in ("header_visible", "footer_visible"):
+        if hasattr(fig.canvas, attr):
+            setattr(fig.canvas, attr, False)
+    return fig, axes
+
+
+def _check_blit_set(artists) -> None:
+    """ValueError for artists that may not be blitted: legends and other composite artists (offset boxes,
+    tables) re-lay-out their children on every draw, which marks the figure stale and, under ipympl,
+    requests the next draw — an endless redraw loop that keeps the kernel busy. Keep such artists static
+    (fixed labels) and show changing numbers in the readout or in an animated ``Text``."""
+    from matplotlib.legend import Legend
+    from matplotlib.offsetbox import OffsetBox
+    from matplotlib.table import Table
+
+    for a in artists:
+        if isinstance(a, (Legend, OffsetBox, Table)):
+            raise ValueError(
+                f"{type(a).__name__} may not be in Explorer.animated: drawing it marks the figure stale and "
+                "makes ipympl redraw forever. Give it fixed labels and leave it out of the blit set; put "
+                "changing values in the readout or an animated Text.")
+
+
 def _is_widget_canvas(fig) -> bool:
     return isinstance(fig.canvas, widgets.DOMWidget)
 
@@ -62,6 +93,14 @@ class Explorer:
     just the changed pixels). A change of axis limits falls back to one full draw (``draw_idle``). Never
     ``canvas.draw()`` before the figure is displayed: under ipympl that breaks the canvas in the browser.
     Tests and benchmarks drive it headlessly: ``ex.controls["bits"].value = 4`` runs one update.
+
+    Idle after render (the rule that keeps the kernel quiet): under ipympl a *stale* figure asks the
+    browser for another full draw. So (1) ``animated`` may not hold legends or other composite artists
+    (drawing them re-lays-out their non-animated children and marks the figure stale: every draw would
+    ask for the next one, an endless redraw loop) — :meth:`_wire` raises ValueError; (2) after a full
+    draw and after a blit the figure is marked up to date, whatever drawing the animated artists did; (3)
+    the draw callback ignores re-entry; (4) an update blits when the axis limits did not change (setting the
+    same limits again is fine), otherwise it asks for one full draw.
     """
 
     fig = None
@@ -76,6 +115,8 @@ class Explorer:
         self._output = None
         self._bg = None
         self._bg_limits = None
+        self._in_draw = False
+        _check_blit_set(self.animated)
         for a in self.animated:
             a.set_animated(True)
         self.fig.canvas.mpl_connect("draw_event", self._on_draw)
@@ -100,21 +141,38 @@ class Explorer:
         return tuple((ax.get_xlim(), ax.get_ylim()) for ax in self.fig.axes)
 
     def _draw_animated(self):
-        for a in self.animated:
-            if a.get_visible():
-                self.fig.draw_artist(a)
+        """Draw the animated artists on the canvas. Whatever their drawing marks stale is drawn already:
+        the figure's stale callback (pyplot's auto-draw, which under ipympl asks the browser for a full
+        draw) is switched off meanwhile, and the figure is left up to date."""
+        fig = self.fig
+        callback, fig.stale_callback = fig.stale_callback, None
+        try:
+            for a in self.animated:
+                if a.get_visible():
+                    fig.draw_artist(a)
+        finally:
+            fig.stale_callback = callback
+            fig.stale = False
 
     def _on_draw(self, event):
-        """After every full draw (ours, a resize, the browser's first paint): cache the background."""
+        """After every full draw (ours, a resize, the browser's first paint): cache the background.
+
+        Guarded against re-entry, and leaves the figure marked up to date: drawing the animated artists
+        must never make the figure ask for another draw (the lab 04 redraw loop, issue 15).
+        """
         canvas = self.fig.canvas
-        if getattr(self, "_laying_out", False):
+        if getattr(self, "_laying_out", False) or getattr(self, "_in_draw", False):
             return
         self.n_full_draws += 1
         if not self.animated or not hasattr(canvas, "copy_from_bbox"):
             return
-        self._bg = canvas.copy_from_bbox(self.fig.bbox)
-        self._bg_limits = self._limits()
-        self._draw_animated()
+        self._in_draw = True
+        try:
+            self._bg = canvas.copy_from_bbox(self.fig.bbox)
+            self._bg_limits = self._limits()
+            self._draw_animated()
+        finally:
+            self._in_draw = False
 
     def _refresh(self):
         t0 = time.perf_counter()
@@ -128,6 +186,8 @@ class Explorer:
 
                 display(self.fig)
         elif self._bg is not None and self._limits() == self._bg_limits:
+            # same axis limits: restore the background and blit the animated artists. (A non-animated
+            # artist changed in update() shows at the next full draw: change only animated ones.)
             canvas.restore_region(self._bg)
             self._draw_animated()
             canvas.blit(self.fig.bbox)

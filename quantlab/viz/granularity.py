@@ -14,48 +14,13 @@ from matplotlib.collections import LineCollection
 
 from ..granularity import PerChannel, PerGroup, PerTensor, choose_qparams
 from ..linear import fake_quantize
+from ..metrics import per_channel_sqnr
+from ..models import with_outlier_channel  # noqa: F401 - re-exported for older notebooks
 from ._base import Explorer, new_figure
 
-__all__ = ["per_channel_sqnr", "with_outlier_channel", "GranularityExplorer"]
+__all__ = ["GranularityExplorer"]
 
 GRANULARITIES = {"per-tensor": PerTensor(), "per-channel": PerChannel(0), "per-group (16)": PerGroup(16)}
-
-
-def per_channel_sqnr(w: torch.Tensor, w_hat: torch.Tensor) -> torch.Tensor:
-    r"""SQNR of each output channel c in dB:  10 log10( sum w_c^2 / sum (w_c - w_hat_c)^2 ), shape (C,).
-
-    Channels quantized without error get +inf (shown clipped in plots).
-
-    >>> per_channel_sqnr(torch.ones(2, 3), torch.ones(2, 3) * 0.9).round()
-    tensor([20., 20.])
-    """
-    w2 = w.reshape(w.shape[0], -1).double()
-    e2 = (w2 - w_hat.reshape(w.shape[0], -1).double()).pow(2).sum(1)
-    sq = 10 * torch.log10(w2.pow(2).sum(1) / e2)
-    return torch.where(e2 == 0, torch.full_like(sq, float("inf")), sq).float()
-
-
-def with_outlier_channel(model: torch.nn.Module, layer: str, channel: int, factor: float) -> torch.nn.Module:
-    r"""A copy of ``model`` whose conv ``layer`` has output channel ``channel`` scaled by ``factor``.
-
-    The following BatchNorm's statistics are scaled too (mu_c <- k mu_c, sigma_c^2 <- k^2 sigma_c^2, and the
-    conv bias b_c <- k b_c), so in FP32 the network computes *exactly the same function* — only the
-    weights' range changed. Requires ``layer`` to be followed by BatchNorm ``bn`` + layer suffix (conv2 -> bn2).
-
-    >>> m2 = with_outlier_channel(load_trained(), "conv2", 3, 20.0)  # doctest: +SKIP
-    """
-    import copy
-
-    m = copy.deepcopy(model)
-    conv = getattr(m, layer)
-    bn = getattr(m, layer.replace("conv", "bn"))
-    with torch.no_grad():
-        conv.weight[channel] *= factor
-        if conv.bias is not None:
-            conv.bias[channel] *= factor
-        bn.running_mean[channel] *= factor
-        bn.running_var[channel] *= factor**2
-    return m
 
 
 class GranularityExplorer(Explorer):
@@ -64,7 +29,7 @@ class GranularityExplorer(Explorer):
     Controls: bits (2–8), outlier factor (1 = none), outlier channel. Readout: mean SQNR per
     granularity and how many (s, z) pairs each stores.
 
-    >>> ex = GranularityExplorer(w); ex.controls["factor"].value = 20.0  # doctest: +SKIP
+    >>> ex = GranularityExplorer(torch.randn(8, 16, 3, 3)); ex.controls["factor"].value = 20.0
     """
 
     def __init__(self, w: torch.Tensor, bits: int = 4):
@@ -75,28 +40,30 @@ class GranularityExplorer(Explorer):
             "factor": widgets.FloatLogSlider(value=1.0, base=10, min=0, max=1.7, step=0.05, description="outlier ×"),
             "channel": widgets.IntSlider(value=0, min=0, max=C - 1, description="channel"),
         }
-        self.fig, (self.ax_r, self.ax_q) = new_figure(2, 1, width=9.0, height=3.0)
+        self.fig, (self.ax_r, self.ax_q) = new_figure(2, 1, width=9.0, height=3.4)
         ch = np.arange(C)
         self.ranges = LineCollection([], colors="C0", linewidths=3, alpha=0.7)
         self.ax_r.add_collection(self.ranges)
         self.t_lo = self.ax_r.axhline(0, color="C3", ls="--", lw=1, label="per-tensor range")
         self.t_hi = self.ax_r.axhline(0, color="C3", ls="--", lw=1)
         self.ax_r.set_xlim(-1, C)
-        self.ax_r.set_xlabel("output channel c")
-        self.ax_r.set_title("range [min w_c, max w_c] of each channel")
-        self.ax_r.legend(loc="upper right", fontsize=8)
+        self.ranges.set_label("range of channel c")
+        self.ax_r.set_xlabel("output channel c", fontsize=8)
+        self.ax_r.set_ylabel("weight value w", fontsize=8)
+        self.ax_r.set_title("range [min w_c, max w_c] of each channel", fontsize=10)
+        self.ax_r.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=7, frameon=False)
         self.lines = {
             name: self.ax_q.plot(ch, np.zeros(C), marker=m, ms=3, lw=1, label=name)[0]
             for name, m in zip(GRANULARITIES, "os^")
         }
         self.ax_q.set_xlim(-1, C)
-        self.ax_q.set_xlabel("output channel c")
-        self.ax_q.set_ylabel("SQNR (dB)")
-        self.ax_q.set_title("SQNR of each channel")
-        self.ax_q.legend(loc="lower left", fontsize=8)
+        self.ax_q.set_xlabel("output channel c", fontsize=8)
+        self.ax_q.set_ylabel("SQNR (dB)", fontsize=8)
+        self.ax_q.set_title("SQNR of each channel", fontsize=10)
+        self.ax_q.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=7, frameon=False)
         self.ax_q.set_ylim(-3, 60)  # fixed: a bits/channel change only blits the lines
         for ax in (self.ax_r, self.ax_q):
-            ax.tick_params(labelsize=8)
+            ax.tick_params(labelsize=7)
         self.animated = [self.ranges, self.t_lo, self.t_hi, *self.lines.values()]
         self._wire()
 
@@ -115,7 +82,9 @@ class GranularityExplorer(Explorer):
         self.t_lo.set_ydata([lo.min()] * 2)
         self.t_hi.set_ydata([hi.max()] * 2)
         pad = 0.05 * (hi.max() - lo.min())
-        self.ax_r.set_ylim(float(lo.min() - pad), float(hi.max() + pad))
+        ylim = (float(lo.min() - pad), float(hi.max() + pad))
+        if self.ax_r.get_ylim() != ylim:  # only an outlier change moves the limits: then one full draw
+            self.ax_r.set_ylim(*ylim)
         summary = {}
         for name, g in GRANULARITIES.items():
             p = choose_qparams(w, bits, g, symmetric=True, narrow=True)

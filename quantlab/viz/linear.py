@@ -8,7 +8,8 @@ import torch
 from matplotlib.collections import LineCollection
 from matplotlib.ticker import MaxNLocator, NullLocator
 
-from ..linear import fake_quantize, qrange, scale_zero_point
+from ..granularity import qparams_from_range
+from ..linear import fake_quantize
 from ..metrics import compression_ratio
 from ._base import Explorer, new_figure
 
@@ -69,30 +70,35 @@ class LinearExplorer(Explorer):
                 tooltip="fraction of [r_min, r_max] kept before computing s and z",
             ),
         }
-        self.fig, (self.ax_h, self.ax_s, self.ax_e) = new_figure(3, 1, width=9.0, height=3.0)
-        self.ax_h.set_title("histogram of r and the grid")
-        self.ax_s.set_title("r  ->  r_hat = s(q - z)")
-        self.ax_e.set_title("error (r_hat - r) / s")
+        self.fig, (self.ax_h, self.ax_s, self.ax_e) = new_figure(3, 1, width=9.0, height=3.4)
+        self.ax_h.set_title("histogram of r and the grid", fontsize=10)
+        self.ax_s.set_title("r  ->  r_hat = s(q - z)", fontsize=10)
+        self.ax_e.set_title("error (r_hat - r) / s", fontsize=10)
         self.ax_e.axhspan(-0.5, 0.5, color="C2", alpha=0.12, lw=0)
-        self.ax_e.text(0.02, 0.04, "rounding: |error| <= s/2 (green); beyond the grid: clipping",
-                       transform=self.ax_e.transAxes, fontsize=7)
+        self.ax_e.text(0.03, 0.97, "green: rounding, |error| <= s/2\nbeyond the grid: clipping",
+                       transform=self.ax_e.transAxes, fontsize=7, va="top")
         self.ax_e.set_ylim(-2.0, 2.0)
         self.h_r = self.ax_h.stairs(np.ones(1), np.array([0.0, 1.0]), fill=True, alpha=0.45, label="r")
         self.h_q = self.ax_h.stairs(np.ones(1), np.array([0.0, 1.0]), color="C3", lw=1.2, label="r_hat")
-        self.grid = LineCollection([], colors="0.3", linewidths=0.5, alpha=0.5)
+        self.grid = LineCollection([], colors="0.3", linewidths=0.5, alpha=0.5, label="grid levels")
         self.ax_h.add_collection(self.grid)
-        self.clip_lo = self.ax_h.axvline(0, color="C2", ls="--", lw=1)
+        self.clip_lo = self.ax_h.axvline(0, color="C2", ls="--", lw=1, label="grid ends")
         self.clip_hi = self.ax_h.axvline(0, color="C2", ls="--", lw=1)
         self.ax_h.set_yscale("log")
         self.ax_h.yaxis.set_minor_locator(NullLocator())
-        self.ax_h.legend(loc="upper right", fontsize=8)
+        # static legend below the plot, outside the data (never blitted)
+        self.ax_h.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=7, frameon=False)
         (self.stair,) = self.ax_s.plot([], [], color="C3", lw=1.2, drawstyle="steps-mid")
         (self.ident,) = self.ax_s.plot([], [], color="0.6", lw=0.8, ls=":")
         (self.err,) = self.ax_e.plot([], [], color="C1", lw=0.9)
-        self.note = self.ax_h.text(0.02, 0.95, "", transform=self.ax_h.transAxes, fontsize=8, va="top")
-        for ax in (self.ax_h, self.ax_s, self.ax_e):
+        # level count: inside the histogram's axes, top left (the log y-range leaves room above the data)
+        self.note = self.ax_h.text(0.03, 0.97, "", transform=self.ax_h.transAxes, fontsize=7, va="top")
+        labels = ((self.ax_h, "r", "count (log)"), (self.ax_s, "r", "r_hat"), (self.ax_e, "r", "error / s"))
+        for ax, xlabel, ylabel in labels:
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.set_ylabel(ylabel, fontsize=8)
             ax.xaxis.set_major_locator(MaxNLocator(5))
-            ax.tick_params(labelsize=8)
+            ax.tick_params(labelsize=7)
         self.animated = [self.h_q, self.grid, self.clip_lo, self.clip_hi, self.stair, self.err, self.note]
         self._wire()
 
@@ -109,17 +115,16 @@ class LinearExplorer(Explorer):
         return self._cache[name]
 
     def params(self):
-        """(s, z, q_min, q_max) for the current controls: range [c·r_min, c·r_max] -> scale_zero_point.
+        """QParams (s, z, q_min, q_max) for the current controls: the range [c·r_min, c·r_max] through
+        :func:`quantlab.granularity.qparams_from_range`, the library's one range -> (s, z) path.
 
         Symmetric uses the signed grid qrange(b) (z = 0); asymmetric the unsigned grid qrange(b, signed=False).
         """
         c = self.controls
         r, *_ = self._data(c["data"].value)
         symmetric = c["mode"].value == "symmetric"
-        q_min, q_max = qrange(c["bits"].value, signed=symmetric)
         r_min, r_max = float(r.min()) * c["clip"].value, float(r.max()) * c["clip"].value
-        s, z = scale_zero_point(r_min, r_max, q_min, q_max, symmetric=symmetric)
-        return s, z, q_min, q_max
+        return qparams_from_range(r_min, r_max, c["bits"].value, symmetric=symmetric)
 
     def update(self):
         c = self.controls
@@ -134,7 +139,7 @@ class LinearExplorer(Explorer):
             self._shown = c["data"].value
             self.h_r.set_data(np.maximum(counts, 0.5), edges)
             self.ax_h.set_xlim(edges[0], edges[-1])
-            self.ax_h.set_ylim(0.7, ymax)
+            self.ax_h.set_ylim(0.7, ymax * 30)  # headroom above the data for the level count
             self.ax_s.set_xlim(edges[0], edges[-1])
             self.ax_s.set_ylim(edges[0], edges[-1])
             self.ax_e.set_xlim(edges[0], edges[-1])

@@ -20,41 +20,19 @@ import itertools
 
 import numpy as np
 import torch
-from torch import nn
+from matplotlib.ticker import MaxNLocator
 
 from ..data import calibration_batch, load_mnist  # noqa: F401 - used by BENCHMARK_CASES
 from ..engine import run_int
 from ..granularity import PerChannel, PerTensor
 from ..models import evaluate, fold_batchnorm, load_trained  # noqa: F401
-from ..ptq import ActRanges, convert, layer_chain, median_time, quantize_weights, state_size_bytes
+from ..ptq import convert, median_time, prefix_minmax_ranges, quantize_weights, state_size_bytes
 from ._base import Explorer, new_figure
 
-__all__ = ["prefix_minmax_ranges", "PTQExplorer"]
+__all__ = ["PTQExplorer"]
 
 GRANULARITIES = {"per-tensor": PerTensor(), "per-channel": PerChannel(0)}
-
-
-def prefix_minmax_ranges(model: nn.Module, x_calib: torch.Tensor, sizes) -> dict:
-    """{n: ActRanges} of min/max calibration on the first n images, for every n in ``sizes``, in one pass.
-
-    Equal to ``calibrate_activations(model, x_calib[:n], "minmax")`` for each n (tests check it): the
-    range of a prefix is the running min/max of per-image minima/maxima.
-    """
-    sizes = sorted(int(n) for n in sizes)
-    if not sizes or sizes[0] < 1 or sizes[-1] > len(x_calib):
-        raise ValueError(f"calibration sizes must lie in 1..{len(x_calib)}; got {sizes}.")
-    chain = [("input", nn.Identity())] + layer_chain(fold_batchnorm(model))
-    x = x_calib[: sizes[-1]]
-    lo, hi = {}, {}
-    with torch.no_grad():
-        out = x
-        for name, layer in chain:
-            out = layer(out)
-            flat = out.reshape(out.shape[0], -1)
-            lo[name] = torch.cummin(flat.amin(1), 0).values
-            hi[name] = torch.cummax(flat.amax(1), 0).values
-    return {n: ActRanges({k: (float(lo[k][n - 1]), float(hi[k][n - 1])) for k in lo}, "minmax", 8, n)
-            for n in sizes}
+FLOOR = 1e-5  # histogram bars relative to the peak, on a log axis from here to 1
 
 
 def _int_hist(q: torch.Tensor, q_min: int, q_max: int):
@@ -90,26 +68,38 @@ class PTQExplorer(Explorer):
         self.results: dict = {}
         self.precompute(x_calib, progress)
 
-        self.fig, axes = new_figure(ncols=4, width=9.5, height=2.8)
+        self.fig, axes = new_figure(ncols=4, width=9.5, height=3.3)
         self.ax_acc, self.ax_in, self.ax_accum, self.ax_out = axes
         wb = list(self.weight_bits)
         ax = self.ax_acc
-        (self.l_fp32,) = ax.plot(wb, [self.fp32["accuracy"]] * len(wb), "k--", lw=1, label="FP32")
-        (self.l_wo,) = ax.plot(wb, wb, "o-", label="weight-only")
-        (self.l_full,) = ax.plot(wb, wb, "s-", label="full W·A")
+        (self.l_fp32,) = ax.plot(wb, [self.fp32["accuracy"]] * len(wb), "k:", lw=1, label="FP32")
+        # weight-only often lies exactly under full: a wide solid line with hollow circles beneath a thin
+        # dashed one with small squares keeps both visible
+        (self.l_wo,) = ax.plot(wb, wb, "o-", color="C0", lw=3, ms=9, mfc="none", mew=1.5, alpha=0.8,
+                               label="weight-only")
+        (self.l_full,) = ax.plot(wb, wb, "s--", color="C1", lw=1.2, ms=4, label="full (act. bits, calib. n)")
         (self.l_cur,) = ax.plot([wb[-1]], [1.0], "o", ms=14, mfc="none", mec="red", mew=2, label="current")
         ax.set(xlabel="weight bits", ylabel="test accuracy", xticks=wb, ylim=(0, 1.02))
-        self.legend = ax.legend(fontsize=7, loc="lower right")
+        # static labels, outside the data, never blitted (a blitted legend redrew forever: issue 15)
+        self.legend = ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2,
+                                frameon=False)
         self.steps = {}
-        panels = (("in", self.ax_in, "int input q_x"), ("acc", self.ax_accum, "int32 accumulator"),
-                  ("out", self.ax_out, "requantized q_y"))
-        for key, a, title in panels:
-            self.steps[key] = a.stairs([0.0], [0.0, 1.0], fill=True, alpha=0.7)
+        panels = (("in", self.ax_in, f"{layer} input q_x", "q_x (int)"),
+                  ("acc", self.ax_accum, "int32 accumulator", "acc"),
+                  ("out", self.ax_out, "requantized output q_y", "q_y (int)"))
+        for key, a, title, xlabel in panels:
+            self.steps[key] = a.stairs([1.0], [0.0, 1.0], fill=True, alpha=0.7, baseline=FLOOR)
             a.set_title(title, fontsize=9)
-            a.set_yticks([])
-            a.set_ylim(0, 1.08)  # histograms are drawn relative to their peak: fixed limits, blit path
+            a.set_xlabel(xlabel, fontsize=8)
+            a.set_ylabel("count / peak (log)", fontsize=8)
+            # log scale: the post-ReLU spike at q = z would flatten everything else on a linear axis.
+            # Histograms are drawn relative to their peak: fixed limits, blit path.
+            a.set_yscale("log")
+            a.set_ylim(FLOOR, 1.5)
+            a.xaxis.set_major_locator(MaxNLocator(4))
             a.tick_params(labelsize=7)
-        self.ax_in.set_ylabel(f"{layer}: share of values")
+        self.ax_accum.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+        self.ax_accum.xaxis.get_offset_text().set_fontsize(7)
 
         self.controls = {
             "mode": _toggle(["weight-only", "full"], "full", "mode"),
@@ -124,7 +114,7 @@ class PTQExplorer(Explorer):
                 lo, hi = self._acc_lims.get(wb, (np.inf, -np.inf))
                 e = res["hist_acc"][1]
                 self._acc_lims[wb] = (min(lo, float(e[0])), max(hi, float(e[-1])))
-        self.animated = [self.l_wo, self.l_full, self.l_cur, self.legend, *self.steps.values()]
+        self.animated = [self.l_wo, self.l_full, self.l_cur, *self.steps.values()]
         self._wire()
 
     # -- the expensive part, once -----------------------------------------------------------------
@@ -180,12 +170,11 @@ class PTQExplorer(Explorer):
         c = {k: w.value for k, w in self.controls.items()}
         res = self.results[self.key()]
         self.l_cur.set_data([c["weight_bits"]], [res["accuracy"]])
-        self.legend.get_texts()[2].set_text(f"full W·A{c['act_bits']}, {c['calib']} calib. images")
         full = self.results[self.key("full")]
         for key, ax, name in (("in", self.ax_in, "hist_in"), ("acc", self.ax_accum, "hist_acc"),
                               ("out", self.ax_out, "hist_out")):
             values, edges = full[name]
-            self.steps[key].set_data(values / max(float(values.max()), 1e-12), edges)
+            self.steps[key].set_data(np.maximum(values / max(float(values.max()), 1e-12), FLOOR), edges)
             if key == "acc":  # one x-range per weight bit-width: a full redraw only when that changes
                 lims = self._acc_lims[c["weight_bits"]]
             else:
