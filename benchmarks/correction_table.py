@@ -10,7 +10,8 @@ empirical, data-free) and weight correction (none, the text's rule, the mean-and
 Calibration (ranges, empirical bias correction): the first ``--calib`` training images. Writes a small JSON
 file the lab and its explorer read (so the lab does not spend minutes recomputing it) and prints the table.
 Where zeta_c folded into s_w makes M = s_w s_x / s_y >= 1, int_quantizer widens that layer's output grid;
-a setting the integer engine still cannot deploy (a ValueError) would be stored with accuracy null. Deterministic: same torch version and CPU -> same numbers. One torch thread.
+a setting the integer engine still cannot deploy (a ValueError) would be stored with accuracy null.
+Deterministic: same torch version and CPU -> same numbers. One torch thread.
 """
 
 from __future__ import annotations
