@@ -100,12 +100,12 @@ class CorrectionExplorer(Explorer):
         fp = self.table["fp32_accuracy"]
         share = recovered_share(fp, base["accuracy"], cur["accuracy"])
         self.readout_table({
-            "corrections": f"bias {LABELS[c['bias']]}, weight {LABELS[c['weight']]}",
+            "bias / weight corr.": f"{LABELS[c['bias']]} / {LABELS[c['weight']]}",
             "accuracy": f"{cur['accuracy']:.3f}",
             "no correction": f"{base['accuracy']:.3f}",
             "FP32": f"{fp:.3f}",
             "drop recovered": "— (drop within noise)" if share is None else f"{100 * share:.0f} %",
-            f"mean |a_i − a_q| in {c['layer']}": f"{np.abs(e0).mean():.4f} → {np.abs(e1).mean():.4f}",
+            "mean |a_i − a_q|": f"{np.abs(e0).mean():.4f} → {np.abs(e1).mean():.4f}",
         })
 
 
