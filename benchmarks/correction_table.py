@@ -9,8 +9,9 @@ empirical, data-free) and weight correction (none, the text's rule, the mean-and
 1,000 test digits and, per layer and output channel, the output mean error a_i - a_q on the test digits.
 Calibration (ranges, empirical bias correction): the first ``--calib`` training images. Writes a small JSON
 file the lab and its explorer read (so the lab does not spend minutes recomputing it) and prints the table.
-A setting the integer engine cannot deploy (zeta_c folded into s_w makes M = s_w s_x / s_y >= 1)
-is stored with accuracy null. Deterministic: same torch version and CPU -> same numbers. One torch thread.
+Where zeta_c folded into s_w makes M = s_w s_x / s_y >= 1, int_quantizer widens that layer's output grid;
+a setting the integer engine still cannot deploy (a ValueError) would be stored with accuracy null.
+Deterministic: same torch version and CPU -> same numbers. One torch thread.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def main(argv=None):
             quantizer = int_quantizer(ranges[ab], wb, ab, GRANULARITIES[g], rule_arg)
         try:
             acc, errors = run_one(model, quantizer, bias, x_cal, x, y, names, a_i)
-        except ValueError as e:  # e.g. zeta_c folded into s_w pushes M = s_w s_x / s_y over 1: not deployable
+        except ValueError as e:  # a correction the integer engine cannot deploy (none in the shipped table)
             acc, errors = None, None
             print(f"  not deployable: {e}")
         rows.append({"mode": mode, "w_bits": wb, "a_bits": ab, "granularity": g, "bias": bias, "weight": rule,

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import quantlab.correction as qc
+from quantlab.correction.weights import _op, _sum_x
 from quantlab.granularity import PerChannel, PerTensor, fake_quantize_tensor
 from quantlab.models import SmallCNN, load_trained
 
@@ -126,14 +127,14 @@ def test_zero_point_output_exact_with_the_sum_x_term_not_when_rounded(layer):
     q = torch.randint(-7, 8, layer.weight.shape, generator=g).double()
     s, z = torch.rand(4, generator=g, dtype=torch.float64) / 10, torch.tensor([0.3, -0.45, 0.2, 0.0]).double()
     shape = (-1,) + (1,) * (q.ndim - 1)
-    direct = qc._op(layer, x, s.view(shape) * (q - z.view(shape)), layer.bias)
+    direct = _op(layer, x, s.view(shape) * (q - z.view(shape)), layer.bias)
     assert torch.allclose(qc.zero_point_output(layer, x, q, s, z), direct, atol=1e-12)
     rounded = qc.zero_point_output(layer, x, q, s, torch.round(z))
     diff = (rounded - direct).abs().amax(dim=tuple(d for d in range(direct.ndim) if d != 1))
     assert (diff[:3] > 1e-3).all() and diff[3] < 1e-12  # only the channel with an integer z is exact
     # the missing part is exactly s (z - round z) * sum(x): a per-input term, not a constant bias
     assert torch.allclose(direct - rounded, -(s * (z - torch.round(z))).view((1, -1) + (1,) * (x.ndim - 2))
-                          * qc._sum_x(layer, x), atol=1e-12)
+                          * _sum_x(layer, x), atol=1e-12)
     with pytest.raises(TypeError, match="Conv2d or nn.Linear"):
         qc.zero_point_output(nn.ReLU(), x, q, s, z)
 
@@ -226,6 +227,41 @@ def test_lab_cnn_full_quantization_bias_is_requantized_and_corrects_the_mean():
     assert len(set(ly.s_w.tolist())) > 1   # zeta_c folded into per-channel scales
 
 
+def test_int_quantizer_widens_the_output_grid_when_zeta_makes_M_at_least_1():
+    from quantlab.data import calibration_batch
+    from quantlab.engine import run_int
+    from quantlab.models import find_layers, fold_batchnorm
+    from quantlab.ptq import calibrate_activations, convert
+
+    model, x = load_trained(), calibration_batch(500)                      # as the lab's table
+    ranges = calibrate_activations(model, x)
+    plain = [ly for ly in convert(model, ranges, 2, 8, PerTensor()).layers if hasattr(ly, "q_w")]
+    qm = qc.int_quantizer(ranges, 2, 8, PerTensor(), rule="text")(model)   # W2A8 per-tensor: zeta_c up to ~1.8
+    layers = [ly for ly in qm.layers if hasattr(ly, "q_w")]
+    fp = dict(find_layers(fold_batchnorm(model)))
+    widened = 0
+    for prev, ly, p in zip([None] + layers[:-1], layers, plain):
+        assert torch.equal(ly.q_w, p.q_w)                                     # the same integers
+        w = fp[ly.name].weight.detach().double().flatten(1)
+        wh = p.s_w.double()[:, None] * p.q_w.double().flatten(1)
+        n_h = (wh - wh.mean(1, keepdim=True)).norm(dim=1)
+        live = n_h > 0
+        zeta = (w - w.mean(1, keepdim=True)).norm(dim=1)[live] / n_h[live]  # the text's zeta_c, by hand
+        assert torch.allclose(ly.s_w.double()[live], zeta * p.s_w.double()[live], rtol=1e-6)
+        assert torch.equal(ly.s_w[~live], p.s_w[~live])                      # flat channels left alone
+        M = float(ly.s_w.double().max()) * ly.s_x / ly.s_y
+        assert M < 1
+        if prev is not None:                                                  # the next layer reads the wider grid
+            assert (ly.s_x, ly.z_x) == (prev.s_y, prev.z_y)
+        if ly.s_y > 1.001 * p.s_y:
+            widened += 1
+            assert M > 1 - 1e-5                                               # widened just enough
+        else:
+            assert ly.s_y == p.s_y
+    assert widened >= 1
+    assert run_int(qm, x[:10]).shape == (10, 10)
+
+
 def test_model_level_bad_input_names_argument_and_layer():
     model = SmallCNN().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -253,9 +289,22 @@ def test_model_level_bad_input_names_argument_and_layer():
 
 
 def test_doctests():
-    res = doctest.testmod(qc, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
-                          extraglobs={"nn": nn, "torch": torch})
-    assert res.failed == 0 and res.attempted > 8
+    import quantlab.correction.bias as bias
+    import quantlab.correction.quantizers as quantizers
+    import quantlab.correction.weights as weights
+
+    attempted = 0
+    for mod in (qc, bias, quantizers, weights):
+        res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        assert res.failed == 0, mod.__name__
+        attempted += res.attempted
+    assert attempted > 25
+
+
+def test_every_public_name_importable_from_the_package():
+    for name in qc.__all__:
+        assert name == "RULES" or getattr(qc, name).__module__.startswith("quantlab.correction.")
+    assert qc.RULES == ("text", "mean_norm")
 
 
 def _synthetic_table():

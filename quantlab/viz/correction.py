@@ -3,10 +3,12 @@ r"""Lab 06 explorer: what bias and weight correction do to each channel's output
 Widgets: weight bits (4, 3, 2), granularity, bias correction (none / empirical / data-free), weight
 correction (none / the text's rule / mean-and-norm), and the layer. The plot shows, per output channel of
 that layer, the output mean error a_i - a_q on the 1,000 test digits without correction (grey) and with
-the chosen corrections (colour); the readout gives the accuracy, the FP32 accuracy and the share of the
-quantization drop the corrections recover. Everything comes precomputed from
-``data/correction_table.json`` (``benchmarks/correction_table.py``): an update only looks numbers up and
-moves two lines (blit), a few ms.
+the chosen corrections (colour); the readout gives the accuracy, the FP32 accuracy, the share of the
+quantization drop the corrections recover and the mean |a_i - a_q| before and after. Everything comes
+precomputed from ``data/correction_table.json`` (``benchmarks/correction_table.py``). The y-axis is a
+symmetric log scale with limits fixed per layer (the largest error of that layer over every setting), so a
+change of bits, granularity or correction only moves the two lines (blit); only a change of layer redraws
+the axes. Texts and the legend never change on an update: what changes is written in the readout.
 """
 
 from __future__ import annotations
@@ -56,11 +58,10 @@ class CorrectionExplorer(Explorer):
         self.fig, self.ax = new_figure(width=8.5, height=3.0)
         ax = self.ax
         (self.l_none,) = ax.plot([0], [0], "o-", color="0.6", ms=3, lw=1, label="no correction")
-        (self.l_cur,) = ax.plot([0], [0], "o-", color="C3", ms=3, lw=1.2, label="with correction")
+        (self.l_cur,) = ax.plot([0], [0], "o-", color="C3", ms=3, lw=1.2, label="chosen corrections")
         ax.axhline(0, color="k", lw=0.6)
-        ax.set(xlabel="output channel c", ylabel="output mean error a_i − a_q")
-        self.legend = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-        self.text = ax.text(0.01, 0.97, "", transform=ax.transAxes, va="top", fontsize=8)
+        ax.set(xlabel="output channel c", ylabel="a_i − a_q (symmetric log)")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
         rows = [r for r in self.table["rows"] if r["mode"] == "weight-only"]
         self.w_bits = sorted({r["w_bits"] for r in rows}, reverse=True)
         self.controls = {
@@ -71,14 +72,20 @@ class CorrectionExplorer(Explorer):
             "weight": _toggle(["none", "text", "mean_norm"], "none", "weight corr."),
             "layer": widgets.Dropdown(options=self.layers, value=layer, description="layer"),
         }
-        self._ylims = {}
-        for r in rows:
-            key = (r["w_bits"], r["granularity"])
-            for name in self.layers:
-                m = float(np.abs(r["errors"][name]).max())
-                self._ylims[key + (name,)] = max(self._ylims.get(key + (name,), 0.0), m)
-        self.animated = [self.l_none, self.l_cur, self.text]
+        # One y-range per layer, over every setting: changing anything but the layer keeps the axes (blit).
+        self._ylim = {name: 1.1 * max(max(float(np.abs(r["errors"][name]).max()) for r in rows), 1e-6)
+                      for name in self.layers}
+        self._shown_layer = None
+        self.animated = [self.l_none, self.l_cur]
         self._wire()
+
+    def _set_layer_axes(self, layer: str, n_channels: int) -> None:
+        """Limits and scale of one layer: symmetric log, linear within a tenth of the layer's largest error."""
+        lim = self._ylim[layer]
+        self.ax.set_yscale("symlog", linthresh=lim / 10, linscale=1.0)
+        self.ax.set_ylim(-lim, lim)
+        self.ax.set_xlim(-0.5, n_channels - 0.5)
+        self._shown_layer = layer
 
     def update(self) -> None:
         c = {k: w.value for k, w in self.controls.items()}
@@ -86,22 +93,19 @@ class CorrectionExplorer(Explorer):
         cur = lookup(self.table, c["bits"], c["granularity"], c["bias"], c["weight"])
         e0, e1 = np.asarray(base["errors"][c["layer"]]), np.asarray(cur["errors"][c["layer"]])
         ch = np.arange(len(e0))
+        if c["layer"] != self._shown_layer:
+            self._set_layer_axes(c["layer"], len(ch))
         self.l_none.set_data(ch, e0)
         self.l_cur.set_data(ch, e1)
-        self.legend.get_texts()[1].set_text(f"bias: {LABELS[c['bias']]}, weight: {LABELS[c['weight']]}")
-        lim = 1.1 * max(self._ylims[(c["bits"], c["granularity"], c["layer"])], 1e-6)
-        xlim = (-0.5, len(ch) - 0.5)
-        if self.ax.get_ylim() != (-lim, lim) or self.ax.get_xlim() != xlim:
-            self.ax.set_ylim(-lim, lim)
-            self.ax.set_xlim(*xlim)
-        self.text.set_text(f"mean |a_i − a_q|: {np.abs(e0).mean():.4f} → {np.abs(e1).mean():.4f}")
         fp = self.table["fp32_accuracy"]
         share = recovered_share(fp, base["accuracy"], cur["accuracy"])
         self.readout_table({
+            "bias / weight corr.": f"{LABELS[c['bias']]} / {LABELS[c['weight']]}",
             "accuracy": f"{cur['accuracy']:.3f}",
             "no correction": f"{base['accuracy']:.3f}",
             "FP32": f"{fp:.3f}",
             "drop recovered": "— (drop within noise)" if share is None else f"{100 * share:.0f} %",
+            "mean |a_i − a_q|": f"{np.abs(e0).mean():.4f} → {np.abs(e1).mean():.4f}",
         })
 
 
