@@ -86,7 +86,7 @@ def _expected_mse(c: np.ndarray, w: np.ndarray, r_min, r_max, q_min, q_max, symm
     from ..linear import scale_zero_point
 
     s, z = scale_zero_point(torch.as_tensor(r_min), torch.as_tensor(r_max), q_min, q_max, symmetric)
-    c_t = torch.from_numpy(c)[None, :]
+    c_t = torch.from_numpy(c)[None, :].expand(len(s), -1)  # one row of bin centres per candidate
     r_hat = fake_quantize(c_t, s.double()[:, None], z[:, None], q_min, q_max).numpy()
     return ((c[None, :] - r_hat) ** 2 * w[None, :]).sum(1)
 

@@ -59,6 +59,8 @@ def _finite(y):
 
 
 def _fmt(v: float) -> str:
+    if np.isnan(v):
+        return "n/a (fewer kept bins than levels)"
     return f"{v:.4g}" if np.isfinite(v) else "∞"
 
 
@@ -193,8 +195,12 @@ class CalibrationExplorer(Explorer):
             self.curves[name].set_data(r, _finite(D))
             k = np.flatnonzero(r == e[b])
             metric, merge = CURVES[name][:2]
-            vals[name] = float(D[k[0]]) if k.size else float(
-                divergence_curve(h, e, n, metric, start=a, ends=[b], merge=merge)[1][0])
+            if k.size:
+                vals[name] = float(D[k[0]])
+            elif merge == "integer" and b < a + n:  # the integer rule needs >= n_levels kept bins
+                vals[name] = float("nan")
+            else:
+                vals[name] = float(divergence_curve(h, e, n, metric, start=a, ends=[b], merge=merge)[1][0])
             self.dots[name].set_data([e[b]], _finite(np.array([vals[name]])))
         self.ax_d.set_xlim(e[0] if not sym else 0.0, e[-1])
         self.ax_d.set_ylim(1e-6, 20.0)  # fixed decades: changing bits or threshold keeps the blit path
