@@ -22,6 +22,7 @@ from torch import nn
 
 from .._checks import check_bits, check_model, check_same_device
 from ..granularity import PerChannel, PerTensor, range_of
+from ..linear import FakeQuantizeSTE
 from ..models import WEIGHT_LAYERS, activation_hooks, find_layers, fold_batchnorm, replace_layers
 from ..observers import HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver
 from .nodes import QuantNode
@@ -153,13 +154,24 @@ class QATLayer(nn.Module):
     def __init__(self, layer: nn.Module, weight_fq: QuantNode, out_fq: QuantNode | None = None):
         super().__init__()
         self.layer, self.weight_fq, self.out_fq = layer, weight_fq, out_fq
+        self.input_fq: list = []  # [the node that quantized this layer's input] (a list: not a submodule)
+
+    def simulated_bias(self) -> torch.Tensor | None:
+        r"""b_hat = s_b round(b / s_b) with s_b = s_w s_x: the int32 bias the integer engine will hold
+        (straight-through gradient). The float bias when the input node is unknown."""
+        b = self.layer.bias
+        if b is None or not self.input_fq:
+            return b
+        s_b = self.weight_fq.qparams().s.reshape(-1) * self.input_fq[0].qparams().s.to(b.device)
+        s_b = s_b.to(device=b.device, dtype=b.dtype).expand_as(b)
+        return FakeQuantizeSTE.apply(b, s_b, torch.zeros_like(b), -(2**31), 2**31 - 1)
 
     def forward(self, x):
-        m, w = self.layer, self.weight_fq(self.layer.weight)
+        m, w, b = self.layer, self.weight_fq(self.layer.weight), self.simulated_bias()
         if isinstance(m, nn.Conv2d):
-            y = F.conv2d(x, w, m.bias, m.stride, m.padding, m.dilation, m.groups)
+            y = F.conv2d(x, w, b, m.stride, m.padding, m.dilation, m.groups)
         else:
-            y = F.linear(x, w, m.bias)
+            y = F.linear(x, w, b)
         return y if self.out_fq is None else self.out_fq(y)
 
 
@@ -256,7 +268,13 @@ def prepare_qat(model: nn.Module, ranges: Ranges | None, weight_bits: int = 8, a
                   granularity="per-channel" if isinstance(granularity, PerChannel) else "per-tensor",
                   observer=observer, averaging_constant=averaging_constant, weight_learn=weight_learn,
                   act_learn=act_learn)
-    return QATModel(act_node("input"), net, config).train()
+    qat = QATModel(act_node("input"), net, config)
+    nodes = {"input": qat.input_fq}
+    nodes.update({n: m.out_fq for n, m in qat.net.named_modules() if isinstance(m, (QATLayer, QATReLU))
+                  and m.out_fq is not None})
+    for i, (_, layer) in enumerate(find_layers(qat.net, QATLayer)):  # in a chain, layer i reads point i
+        layer.input_fq = [nodes[points[i]]]
+    return qat.train()
 
 
 def save_qat(model: QATModel, path) -> None:
