@@ -18,9 +18,9 @@ from torch import nn
 
 from quantlab.data import calibration_batch, data_dir, load_mnist
 from quantlab.engine import IntModel, run_int
-from quantlab.granularity import PerChannel, PerTensor, qparams_from_range, range_of
+from quantlab.granularity import PerChannel, PerTensor, range_of
 from quantlab.linear import qrange
-from quantlab.models import SmallCNN, collect_activations, evaluate, fold_batchnorm, load_trained
+from quantlab.models import collect_activations, evaluate, fold_batchnorm, load_trained
 from quantlab.qat import (
     LSQ,
     PACT,

@@ -7,10 +7,12 @@ In a lab, right after an exercise cell::
 
 Registered exercises (id = function name): lab 01 ``quantize``, ``dequantize``, ``asymmetric_params``,
 ``symmetric_params``; lab 02 ``per_channel_minmax``, ``per_channel_scale``; lab 04 ``requant_multiplier``;
-lab 05 ``kl_divergence``, ``quantize_histogram``.
+lab 05 ``kl_divergence``, ``quantize_histogram``; lab 07 ``fake_quant_ste``, ``ema_range``,
+``export_weights``.
 """
 
 from . import checks_calibration, checks_engine, checks_granularity, checks_linear  # noqa: F401 - registers
+from . import checks_qat  # noqa: F401 - registers lab 07
 from .core import (
     DEFAULT_TIMEOUT,
     REGISTRY,

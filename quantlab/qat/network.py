@@ -104,7 +104,7 @@ def _calib_tensor(calib_x) -> torch.Tensor:
 
 
 @torch.no_grad()
-def initial_ranges(model: nn.Module, calib_x: torch.Tensor, observer="minmax", granularity=PerChannel(0),
+def initial_ranges(model: nn.Module, calib_x: torch.Tensor, observer="minmax", granularity=PerChannel(0),  # noqa: B008 - frozen dataclass
                    batch_size: int = 250) -> Ranges:
     r"""Step 1, initialisation: [r_min, r_max] of every weight and of every quantized activation.
 
@@ -219,7 +219,7 @@ class QATModel(nn.Module):
 
 
 def prepare_qat(model: nn.Module, ranges: Ranges | None, weight_bits: int = 8, act_bits: int = 8,
-                granularity=PerChannel(0), observer: str = "ema", averaging_constant: float = 0.01,
+                granularity=PerChannel(0), observer: str = "ema", averaging_constant: float = 0.01,  # noqa: B008 - frozen dataclass
                 weight_learn: str | None = None, act_learn: str | None = None) -> QATModel:
     r"""Step 2: fold BN, then insert fake-quant nodes after the weights and the activations.
 

@@ -152,7 +152,7 @@ class QuantNode(nn.Module):
     tensor([0.2000, 1.0000, 3.0000])
     """
 
-    def __init__(self, kind: str, bits: int, granularity=PerTensor(), observer: str = "ema",
+    def __init__(self, kind: str, bits: int, granularity=PerTensor(), observer: str = "ema",  # noqa: B008 - frozen dataclass
                  averaging_constant: float = 0.01, learn: str | None = None):
         super().__init__()
         if kind not in ("weight", "activation"):
