@@ -65,9 +65,9 @@ def run_qat(model, x_cal, train, test, wb, ab, steps, lr, trace, learn=None):
 
     if trace:
         record({"step": 0}, qat)
-    every = max(steps // 20, 1)
+    every = max(steps // 20, 1) if trace else steps  # test-set curves only for the traced run
     hist = qat_train(qat, train, steps=steps, lr=lr, eval_data=test, eval_every=every, threads=1,
-                     callback=record)
+                     callback=record, progress=False)
     seconds = time.perf_counter() - t0
     qmodel = export(qat)
     out = {"qat": int_accuracy(qmodel, *test), "qat_fake_quant": evaluate(qat, *test), "steps": steps,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -18,7 +19,7 @@ from torch import nn
 
 from quantlab.data import calibration_batch, data_dir, load_mnist
 from quantlab.engine import IntModel, run_int
-from quantlab.granularity import PerChannel, PerTensor, range_of
+from quantlab.granularity import PerChannel, PerTensor, qparams_from_range, range_of
 from quantlab.linear import qrange
 from quantlab.models import collect_activations, evaluate, fold_batchnorm, load_trained
 from quantlab.qat import (
@@ -409,3 +410,74 @@ def test_shipped_checkpoints_reach_their_recorded_accuracy(tag, test_set, traine
     assert abs(acc_fq - acc_int) <= 0.01
     if tag == "w4a4":
         assert acc_int >= evaluate(trained, x, y) - 0.01  # the measured goal: within 1 point of FP32
+
+
+# ------------------------------------------------------------------------------- the lab's explorers
+
+
+@pytest.fixture(scope="module")
+def agg_backend():
+    import matplotlib
+
+    old = matplotlib.get_backend()
+    matplotlib.use("Agg")
+    yield
+    matplotlib.use(old)
+
+
+def test_fake_quant_explorer_draws_the_library_node_and_its_gradients(agg_backend):
+    from quantlab.viz.qat import FakeQuantExplorer
+
+    ex = FakeQuantExplorer()
+    ex.controls["bits"].value = 2
+    r, r_hat = (np.asarray(a) for a in ex.l_f.get_data())
+    p = qparams_from_range(ex.controls["r_min"].value, ex.controls["r_max"].value, 2)
+    assert np.allclose(r_hat, fake_quant(torch.tensor(r), p).numpy())
+    assert len(np.unique(r_hat.round(6))) == 4                   # 2 bits: four levels
+    g = np.asarray(ex.l_g.get_data()[1])
+    assert set(np.unique(g)) == {0.0, 1.0}
+    g_s = np.asarray(ex.l_s.get_data()[1])
+    v = r.astype(np.float64) / float(p.s)
+    q = np.round(v)                                      # LSQ: same s, z = 0, signed 2-bit grid [-2, 1]
+    assert np.allclose(g_s, np.where(q < -2, -2, np.where(q > 1, 1, q - v)), atol=1e-5)
+    assert ex.n_updates >= 2
+
+
+def _tiny_trace():
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 32 * 16 * 9, generator=gen).numpy() * 0.1
+    return {"trace_steps": np.array([0, 5, 10]), "conv2_weights": w, "conv2_s": np.full((3, 32), 0.1),
+            "curve_steps": np.array([5, 10]), "curve_loss": np.array([1.0, 0.5]),
+            "curve_test_acc": np.array([0.5, 0.6]), "weight_bits": np.array(2), "act_bits": np.array(2)}
+
+
+def test_training_explorer_slices_snapshots_and_runs_live(agg_backend, trained, calib, test_set):
+    from quantlab.viz.qat import TrainingExplorer, snap_fraction
+
+    live = (lambda: prepare_qat(trained, initial_ranges(trained, calib), 4, 4), load_mnist("train", 256),
+            (test_set[0][:50], test_set[1][:50]))
+    ex = TrainingExplorer(_tiny_trace(), live=live, live_steps=4)
+    ex.controls["step"].value = 10
+    heights = np.asarray(ex.h.get_data().values)
+    counts = np.stack([np.histogram(w / 0.1, ex.edges)[0] for w in _tiny_trace()["conv2_weights"]])
+    assert np.allclose(heights, counts[2] / counts.max())              # snapshot 2, relative to the peak
+    assert snap_fraction(np.array([0.05, 0.5, 1.95, -1.0])) == 0.75
+    ex.run_live()                                                   # synchronously, as the button's thread does
+    assert [r["step"] for r in ex.live_records] == [1, 2, 3, 4]
+    assert len(ex.l_live_acc.get_data()[0]) == 4 and not ex.button.disabled
+
+
+def test_export_explorer_shows_the_exported_integers(agg_backend, trained, calib):
+    from quantlab.viz.qat import ExportExplorer
+
+    qat = prepare_qat(trained, initial_ranges(trained, calib), 4, 4)
+    qmodel = export(qat)
+    ex = ExportExplorer(qmodel, layer="conv2")
+    ex.controls["channel"].value = 5
+    conv2 = next(m for m in qmodel.layers if m.name == "conv2")
+    assert np.array_equal(ex.img.get_array(), conv2.q_w[5].reshape(16, 9).numpy())
+    ex.controls["layer"].value = "fc2"
+    assert ex.controls["channel"].max == 9
+    share = [b.get_height() for b in ex.bars]
+    fc2 = next(m for m in qmodel.layers if m.name == "fc2")
+    assert share == pytest.approx([(fc2.q_w == k).float().mean().item() for k in range(-7, 8)])

@@ -87,7 +87,8 @@ def _leaf_grad(got, r_shape):
         todo.extend(f for f, _ in fn.next_functions)
     if not leaves:
         return None
-    (grad,) = torch.autograd.grad(got, leaves[0], _upstream(tuple(r_shape)), allow_unused=True)
+    (grad,) = torch.autograd.grad(got, leaves[0], _upstream(tuple(r_shape)), retain_graph=True,
+                                  allow_unused=True)
     return torch.zeros(r_shape) if grad is None else grad
 
 
