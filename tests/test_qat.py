@@ -153,7 +153,7 @@ def test_lsq_per_channel_step_gradient_sums_per_channel():
     w = torch.randn(3, 4, 2, 2)
     s = torch.tensor([0.1, 0.2, 0.5]).view(3, 1, 1, 1).requires_grad_(True)
     LSQ.apply(w, s, -7, 7, 0.5).sum().backward()
-    expect = [_lsq_closed_form(w[c].flatten(), float(s[c]), -7, 7, 0.5) for c in range(3)]
+    expect = [_lsq_closed_form(w[c].flatten(), float(s.detach()[c]), -7, 7, 0.5) for c in range(3)]
     assert s.grad.flatten().tolist() == pytest.approx(expect, rel=1e-4, abs=1e-5)
 
 
@@ -259,7 +259,9 @@ def test_prepare_inserts_nodes_folds_bn_and_leaves_model_untouched(trained, cali
     qat.eval()
     x_hat = fake_quant(x, qat.input_fq.qparams())
     w_hat = fake_quant(qat.net.conv1.layer.weight, qat.net.conv1.weight_fq.qparams())
-    by_hand = fake_quant(torch.relu(nn.functional.conv2d(x_hat, w_hat, qat.net.conv1.layer.bias, padding=1)),
+    s_b = qat.net.conv1.weight_fq.qparams().s.flatten() * qat.input_fq.qparams().s     # int32 bias on s_w s_x
+    b_hat = torch.round(qat.net.conv1.layer.bias / s_b) * s_b
+    by_hand = fake_quant(torch.relu(nn.functional.conv2d(x_hat, w_hat, b_hat, padding=1)),
                          qat.net.relu1.out_fq.qparams())
     got = {}
     with torch.no_grad():

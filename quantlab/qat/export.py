@@ -52,7 +52,7 @@ def export_layer_weights(layer: QATLayer) -> tuple[torch.Tensor, torch.Tensor, t
         raise TypeError(f"layer must be a prepared layer (QATLayer, e.g. qat.net.conv1); got "
                         f"{type(layer).__name__}.")
     w = layer.layer.weight.detach()
-    p = layer.weight_fq.qparams()
+    p = layer.weight_qparams()
     q_w = quantize(w, p.s, p.z, p.q_min, p.q_max).to(torch.int8)
     return q_w, p.s, p.z
 

@@ -156,13 +156,19 @@ class QATLayer(nn.Module):
         self.layer, self.weight_fq, self.out_fq = layer, weight_fq, out_fq
         self.input_fq: list = []  # [the node that quantized this layer's input] (a list: not a submodule)
 
+    def weight_qparams(self):
+        """(s, z, q_min, q_max) of the weight now: the range is recomputed from the current weights first
+        (after an optimizer step the stored range is one step old), or read from LSQ's learned s."""
+        self.weight_fq._observe(self.layer.weight)
+        return self.weight_fq.qparams()
+
     def simulated_bias(self) -> torch.Tensor | None:
         r"""b_hat = s_b round(b / s_b) with s_b = s_w s_x: the int32 bias the integer engine will hold
         (straight-through gradient). The float bias when the input node is unknown."""
         b = self.layer.bias
         if b is None or not self.input_fq:
             return b
-        s_b = self.weight_fq.qparams().s.reshape(-1) * self.input_fq[0].qparams().s.to(b.device)
+        s_b = self.weight_qparams().s.reshape(-1) * self.input_fq[0].qparams().s.to(b.device)
         s_b = s_b.to(device=b.device, dtype=b.dtype).expand_as(b)
         return FakeQuantizeSTE.apply(b, s_b, torch.zeros_like(b), -(2**31), 2**31 - 1)
 

@@ -237,6 +237,8 @@ class QuantNode(nn.Module):
     # -- step 3: range updates while training ---------------------------------------------------------
     def _observe(self, r: torch.Tensor) -> None:
         if self.kind == "weight":
+            if self.learn is not None:
+                return
             lo, hi = range_of(r.detach(), self.granularity)
             self.r_min, self.r_max = lo, hi
             return
