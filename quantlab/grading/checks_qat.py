@@ -87,8 +87,9 @@ def _leaf_grad(got, r_shape):
         todo.extend(f for f, _ in fn.next_functions)
     if not leaves:
         return None
-    (grad,) = torch.autograd.grad(got, leaves[0], _upstream(tuple(r_shape)), retain_graph=True,
-                                  allow_unused=True)
+    # a scalar loss L = sum(g * r_hat): grad() with grad_outputs would import sympy (~2 s) on first use
+    loss = (got * _upstream(tuple(r_shape)).to(got.dtype)).sum()
+    (grad,) = torch.autograd.grad(loss, leaves[0], retain_graph=True, allow_unused=True)
     return torch.zeros(r_shape) if grad is None else grad
 
 
