@@ -11,8 +11,13 @@ lab 05 ``kl_divergence``, ``quantize_histogram``; lab 07 ``fake_quant_ste``, ``e
 ``export_weights``.
 """
 
-from . import checks_calibration, checks_engine, checks_granularity, checks_linear  # noqa: F401 - registers
-from . import checks_qat  # noqa: F401 - registers lab 07
+from . import (  # noqa: F401 - registers the exercises
+    checks_calibration,
+    checks_engine,
+    checks_granularity,
+    checks_linear,
+    checks_qat,
+)
 from .core import (
     DEFAULT_TIMEOUT,
     REGISTRY,

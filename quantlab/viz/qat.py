@@ -130,23 +130,29 @@ class TrainingExplorer(Explorer):
         self.hists = np.stack([np.histogram(v.ravel(), self.edges)[0] for v in self.v]).astype(float)
         self.hists /= self.hists.max()
         self.snap = np.array([snap_fraction(v) for v in self.v])
+        self.levels = np.arange(-q_hi, q_hi + 1)
+        q = np.clip(np.round(self.v), -q_hi, q_hi)  # the level each weight rounds to (what the node outputs)
+        self.level_share = np.stack([[np.mean(qi == k) for k in self.levels] for qi in q])
+        self.nonzero = 1.0 - self.level_share[:, q_hi]
         self.controls = {"step": widgets.SelectionSlider(options=[int(t) for t in steps], value=int(steps[0]),
                                                          description="step", continuous_update=True)}
         self.fig, (self.ax_c, self.ax_h) = new_figure(2, 1, width=9.5, height=3.2)
         ax = self.ax_c
         ax.plot(trace["curve_steps"], trace["curve_test_acc"], "o-", ms=3, color="C0",
                 label="test accuracy (shipped run)")
-        ax.plot(steps, self.snap, "s-", ms=3, color="C2", label="conv2 weights within 0.1 s of a level")
+        ax.plot(steps, self.nonzero, "s-", ms=3, color="C2", label="conv2 weights on a non-zero level")
         (self.l_live_acc,) = ax.plot([], [], "o-", ms=3, color="C3", label="test accuracy (your live run)")
         (self.l_cur,) = ax.plot([], [], "o", ms=12, mfc="none", mec="k", mew=1.5, label="current step")
         ax.set(xlim=(0, max(int(steps[-1]), live_steps) * 1.02), ylim=(0, 1.02), xlabel="training step",
                ylabel="fraction", title="W2A2 QAT (LSQ) from the FP32 CNN")
         ax.legend(**LEGEND)
-        self.h = self.ax_h.stairs(self.hists[0], self.edges, fill=True, alpha=0.6, label="latent weights w / s")
+        self.h = self.ax_h.stairs(self.hists[0], self.edges, fill=True, alpha=0.5, label="latent weights w / s")
+        self.bars = self.ax_h.bar(self.levels, self.level_share[0], width=0.12, color="C3",
+                                  label="share on each level (fake-quant output)")
         for k in range(-q_hi, q_hi + 1):
             self.ax_h.axvline(k, color="k", lw=0.8, ls=":")
         self.ax_h.set(xlim=(self.edges[0], self.edges[-1]), ylim=(0, 1.05), xlabel="w / s (grid levels are integers)",
-                      ylabel="count (relative to peak)", title="conv2 weights and the grid")
+                      ylabel="relative count / share", title="conv2 weights and the grid")
         self.ax_h.plot([], [], color="k", lw=0.8, ls=":", label="grid levels q")
         self.ax_h.legend(**LEGEND)
         self.live_records: list = []
@@ -155,7 +161,7 @@ class TrainingExplorer(Explorer):
         self.stop_button = widgets.Button(description="stop", disabled=True)
         self.button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self._stop.set())
-        self.animated = [self.h, self.l_cur, self.l_live_acc]
+        self.animated = [self.h, *self.bars, self.l_cur, self.l_live_acc]
         self._wire()
 
     @property
@@ -166,11 +172,14 @@ class TrainingExplorer(Explorer):
         steps = list(self.trace["trace_steps"])
         i = steps.index(self.controls["step"].value)
         self.h.set_data(self.hists[i], self.edges)
-        self.l_cur.set_data([steps[i]], [self.snap[i]])
+        self.l_cur.set_data([steps[i]], [self.nonzero[i]])
+        for b, v in zip(self.bars, self.level_share[i], strict=True):
+            b.set_height(v)
         if self.live_records:
             self.l_live_acc.set_data([r["step"] for r in self.live_records],
                                      [r["test_acc"] for r in self.live_records])
-        self.readout_table({"step": steps[i], "near a level": f"{self.snap[i]:.3f}",
+        self.readout_table({"step": steps[i], "on a non-zero level": f"{self.nonzero[i]:.3f}",
+                            "latent within 0.1 s of a level": f"{self.snap[i]:.3f}",
                             "live run": f"{len(self.live_records)} records" if self.live_records else "not started"})
 
     # -- the live run ----------------------------------------------------------------------------------
