@@ -34,7 +34,7 @@ def fake_quant_ste_reference(r, s, z, q_min, q_max):
 
     >>> import torch
     >>> v, g = fake_quant_ste_reference(torch.tensor([0.26, 9.0]), 0.1, 0, -8, 7)
-    >>> v.round(4).tolist(), g.tolist()
+    >>> [round(float(a), 4) for a in v], g.tolist()
     ([0.3, 0.7], [1.0, 0.0])
     """
     r = to_array(r).astype(np.float32)

@@ -77,7 +77,7 @@ def export(model: QATModel) -> IntModel:
     Raises ValueError for a model that was never prepared or an IntModel (already exported).
 
     >>> qmodel = export(qat)                                                 # doctest: +SKIP
-    >>> run_int(qmodel, x_test).argmax(1)                                    # predicted digits
+    >>> run_int(qmodel, x_test).argmax(1)                                    # doctest: +SKIP
     """
     model = _check_exportable(model)
     cfg = model.config

@@ -41,7 +41,7 @@ def fake_quant(r: torch.Tensor, p: QParams) -> torch.Tensor:
     Shapes: r float (any shape, any device); p.s, p.z broadcast against r (0-d, or (C, 1, ..., 1)).
     Returns r's shape and dtype.
 
-    >>> p = qparams_from_range(-1.0, 1.0, 4, symmetric=True)       # s = 1/8, z = 0, grid [-8, 7]
+    >>> p = qparams_from_range(-0.875, 0.875, 4, symmetric=True, narrow=True)   # s = 1/8, z = 0 on [-7, 7]
     >>> fake_quant(torch.tensor([0.30, 2.0]), p)
     tensor([0.2500, 0.8750])
     """
@@ -148,7 +148,7 @@ class QuantNode(nn.Module):
     Raises ValueError for bits outside 2..8, an unknown kind/observer/learn, or PACT on weights.
 
     >>> node = QuantNode("activation", 4).init_range(0.0, 3.0)
-    >>> node.eval()(torch.tensor([0.1, 1.0, 9.0]))        # s = 3/15 = 0.2
+    >>> node.eval()(torch.tensor([0.15, 1.0, 9.0]))       # s = 3/15 = 0.2; 9.0 clips to 3.0
     tensor([0.2000, 1.0000, 3.0000])
     """
 
