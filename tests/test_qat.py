@@ -478,6 +478,11 @@ def test_export_explorer_shows_the_exported_integers(agg_backend, trained, calib
     ex.controls["channel"].value = 5
     conv2 = next(m for m in qmodel.layers if m.name == "conv2")
     assert np.array_equal(ex.img.get_array(), conv2.q_w[5].reshape(16, 9).numpy())
+    n_full = ex.n_full_draws
+    ex.controls["layer"].value = "fc1"
+    fc1 = next(m for m in qmodel.layers if m.name == "fc1")
+    assert np.array_equal(ex.img.get_array(), fc1.q_w[5].reshape(32, 49).numpy())
+    assert ex.n_full_draws == n_full                                   # a layer switch is a blit too
     ex.controls["layer"].value = "fc2"
     assert ex.controls["channel"].max == 9
     share = [b.get_height() for b in ex.bars]

@@ -220,8 +220,7 @@ class ExportExplorer(Explorer):
 
     def __init__(self, qmodel, layer: str = "conv2"):
         self.layers = {m.name: m for m in qmodel.layers if hasattr(m, "q_w")}
-        self.rows = {n: m.q_w.reshape(m.q_w.shape[0], m.q_w.shape[1], -1).numpy() if m.q_w.ndim == 4
-                     else m.q_w.reshape(m.q_w.shape[0], 1, -1).numpy() for n, m in self.layers.items()}
+        self.rows = {n: self._rows(n, m) for n, m in self.layers.items()}
         q_hi = 2 ** (qmodel.weight_bits - 1) - 1
         self.levels = np.arange(-q_hi, q_hi + 1)
         self.hists = {n: np.array([(m.q_w == k).sum().item() for k in self.levels], float) / m.q_w.numel()
@@ -231,16 +230,30 @@ class ExportExplorer(Explorer):
             "channel": widgets.IntSlider(value=0, min=0, max=63, description="channel"),
         }
         self.fig, (self.ax_i, self.ax_h) = new_figure(2, 1, width=9.5, height=3.0)
+        # one fixed extent for every layer: switching layers moves no axis limit, so every update is a blit
         self.img = self.ax_i.imshow(np.zeros((16, 9)), cmap="RdBu_r", vmin=-q_hi, vmax=q_hi, aspect="auto",
-                                    interpolation="nearest")
+                                    interpolation="nearest", extent=(0, 1, 1, 0))
         self.fig.colorbar(self.img, ax=self.ax_i, label="q_w (integer)")
-        self.ax_i.set(xlabel="kernel position / input", ylabel="input channel", title="q_w of one output channel")
+        self.ax_i.set(xlabel="position (kernel tap / pixel / unit)", ylabel="input channel", xticks=[], yticks=[],
+                      title="q_w of one output channel")
+        self.shape_text = self.ax_i.text(0.02, 0.97, "", transform=self.ax_i.transAxes, va="top", fontsize=8,
+                                         bbox=dict(facecolor="white", alpha=0.8, lw=0))
         self.bars = self.ax_h.bar(self.levels, np.zeros(len(self.levels)), color="C0", label="share of the layer's q_w")
         self.ax_h.set(xlabel="integer level q_w", ylabel="share of weights", ylim=(0, 1.02),
                       xticks=self.levels if len(self.levels) <= 15 else self.levels[::2], title="all q_w of the layer")
         self.ax_h.legend(**LEGEND)
-        self.animated = [self.img, *self.bars]
+        self.animated = [self.img, self.shape_text, *self.bars]
         self._wire()
+
+    @staticmethod
+    def _rows(name, m) -> np.ndarray:
+        """q_w as (C_out, inputs, positions): conv (C_out, C_in, kh*kw); fc1 after 32 maps of 7x7: (C_out, 32, 49)."""
+        q = m.q_w.numpy()
+        if q.ndim == 4:
+            return q.reshape(q.shape[0], q.shape[1], -1)
+        if name == "fc1" and q.shape[1] == 32 * 49:
+            return q.reshape(q.shape[0], 32, 49)
+        return q.reshape(q.shape[0], 1, -1)
 
     def update(self) -> None:
         name = self.controls["layer"].value
@@ -251,10 +264,7 @@ class ExportExplorer(Explorer):
         c = min(ch.value, rows.shape[0] - 1)
         img = rows[c]
         self.img.set_data(img)
-        self.img.set_extent((-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5))
-        if self.ax_i.get_xlim() != (-0.5, img.shape[1] - 0.5):
-            self.ax_i.set_xlim(-0.5, img.shape[1] - 0.5)
-            self.ax_i.set_ylim(img.shape[0] - 0.5, -0.5)
+        self.shape_text.set_text(f"{name}[{c}]: {img.shape[0]} input channel(s) x {img.shape[1]} positions")
         for b, v in zip(self.bars, self.hists[name], strict=True):
             b.set_height(v)
         self.readout_table({"layer": f"{name} {str(m.q_w.dtype).replace('torch.', '')} {tuple(m.q_w.shape)}",
