@@ -440,8 +440,8 @@ def test_fake_quant_explorer_draws_the_library_node_and_its_gradients(agg_backen
     assert set(np.unique(g)) == {0.0, 1.0}
     g_s = np.asarray(ex.l_s.get_data()[1])
     v = r.astype(np.float64) / float(p.s)
-    q = np.round(v)                                      # LSQ: same s, z = 0, signed 2-bit grid [-2, 1]
-    assert np.allclose(g_s, np.where(q < -2, -2, np.where(q > 1, 1, q - v)), atol=1e-5)
+    q, lo, hi = np.round(v), p.q_min - int(p.z), p.q_max - int(p.z)   # the same node: grid shifted by z
+    assert np.allclose(g_s, np.where(q < lo, lo, np.where(q > hi, hi, q - v)), atol=1e-5)
     assert ex.n_updates >= 2
 
 

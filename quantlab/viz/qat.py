@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from ..granularity import qparams_from_range
-from ..linear import qrange
 from ..qat import LSQ, fake_quant, lsq_grad_scale
 from ._base import Explorer, new_figure
 
@@ -37,15 +36,16 @@ LEGEND = dict(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, fontsize=
 def node_curves(bits: int, r_min: float, r_max: float, n: int = 801):
     """r, r_hat, dr_hat/dr (clipped STE) and LSQ's dr_hat/ds (before g) on a grid of r, for the explorer.
 
-    The node is asymmetric on [0, 2^b - 1] with (s, z) from [r_min, r_max]; LSQ uses the same s, z = 0,
-    signed grid. Returns NumPy float arrays of length n and the QParams.
+    The node is asymmetric on [0, 2^b - 1] with (s, z) from [r_min, r_max]. LSQ's gradient is taken for the same
+    node: s (clip(round(r/s + z)) - z) = s clip(round(r/s), q_min - z, q_max - z), the LSQ Function on the shifted
+    integer bounds. Returns NumPy float arrays of length n and the QParams.
     """
     p = qparams_from_range(r_min, r_max, bits)
     span = r_max - r_min
     r = torch.linspace(r_min - 0.3 * span, r_max + 0.3 * span, n, requires_grad=True)
     r_hat = fake_quant(r, p)
     (g_r,) = torch.autograd.grad(r_hat.sum(), r)
-    q_lo, q_hi = qrange(bits, signed=True)
+    q_lo, q_hi = p.q_min - int(p.z), p.q_max - int(p.z)
     s_each = p.s.detach().expand(n).clone().requires_grad_(True)  # one s per value: its gradient is per value
     (g_s,) = torch.autograd.grad(LSQ.apply(r.detach(), s_each, q_lo, q_hi, 1.0).sum(), s_each)
     return r.detach().numpy(), r_hat.detach().numpy(), g_r.numpy(), g_s.numpy(), p
@@ -74,7 +74,8 @@ class FakeQuantExplorer(Explorer):
         self.ax_f.plot([-3.5, 4.5], [-3.5, 4.5], color="0.7", lw=1, label="r (no quantization)")
         (self.l_f,) = self.ax_f.plot([], [], color="C0", lw=1.5, label="r_hat = s(q - z)")
         (self.l_g,) = self.ax_g.plot([], [], color="C1", lw=1.5, label="1 inside [q_min, q_max], else 0")
-        (self.l_s,) = self.ax_s.plot([], [], color="C2", lw=1.2, label="round(v) - v inside, q_min / q_max outside")
+        (self.l_s,) = self.ax_s.plot([], [], color="C2", lw=1.2,
+                                     label="round(v) - v inside, q_min - z / q_max - z outside")
         self.span_g = self.ax_g.axvspan(0, 1, color="C1", alpha=0.1, lw=0)
         for ax in (self.ax_f, self.ax_g, self.ax_s):
             ax.legend(**LEGEND)
