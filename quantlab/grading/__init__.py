@@ -8,9 +8,10 @@ In a lab, right after an exercise cell::
 Registered exercises (id = function name): lab 01 ``quantize``, ``dequantize``, ``asymmetric_params``,
 ``symmetric_params``; lab 02 ``per_channel_minmax``, ``per_channel_scale``; lab 03 ``log_quantize``,
 ``kmeans_step``; lab 04 ``requant_multiplier``; lab 05 ``kl_divergence``, ``quantize_histogram``;
-lab 06 ``bias_correction``, ``weight_correction``; lab 08 ``pack_sign_bits``, ``xnor_popcount_dot``,
-``binarize_with_alpha``. Modules: ``compare``, ``exercise``, ``sandbox``, ``forbid``, ``hints``,
-``runner``, ``report``, ``batch``, ``cli`` (``core`` re-exports what exercise modules need).
+lab 06 ``bias_correction``, ``weight_correction``; lab 07 ``fake_quant_ste``, ``ema_range``,
+``export_weights``; lab 08 ``pack_sign_bits``, ``xnor_popcount_dot``, ``binarize_with_alpha``. Modules:
+``compare``, ``exercise``, ``sandbox``, ``forbid``, ``hints``, ``runner``, ``report``, ``batch``, ``cli``
+(``core`` re-exports what exercise modules need).
 """
 
 from . import (  # noqa: F401 - each module registers its exercises
@@ -21,6 +22,7 @@ from . import (  # noqa: F401 - each module registers its exercises
     checks_granularity,
     checks_linear,
     checks_nonlinear,
+    checks_qat,
 )
 from .batch import exercises_of_lab
 from .core import (
