@@ -23,6 +23,7 @@ import quantlab.engine
 import quantlab.granularity
 import quantlab.linear
 import quantlab.nonlinear
+import quantlab.observers
 import quantlab.packing
 from quantlab.grading import REGISTRY, run_exercise
 
@@ -55,6 +56,24 @@ def _kmeans_step(x, centroids):
     return new[0].numpy(), codes[0].numpy()
 
 
+def _fake_quant_ste(r, s, z, q_min, q_max):
+    return quantlab.linear.fake_quantize(r, torch.as_tensor(s, dtype=r.dtype), torch.as_tensor(z), q_min, q_max)
+
+
+def _ema_range(r_min, r_max, x, c):
+    obs = quantlab.observers.MovingAverageMinMaxObserver(averaging_constant=c)
+    if r_min is not None:
+        obs.min_val, obs.max_val = torch.tensor(float(r_min)), torch.tensor(float(r_max))
+    obs.update(torch.as_tensor(x, dtype=torch.float64))
+    return float(obs.min_val), float(obs.max_val)
+
+
+def _export_weights(w, r_min, r_max, q_min, q_max):
+    s, z = quantlab.linear.scale_zero_point(float(r_min), float(r_max), q_min, q_max)
+    q = quantlab.linear.quantize(torch.as_tensor(w, dtype=torch.float32), s, z, q_min, q_max)
+    return q.numpy().astype(np.uint8 if q_max > 127 else np.int8), float(s), int(z)
+
+
 def _xnor_dot(a_words, w_words, K):
     return int(quantlab.binary_kernel.xnor_gemm_numpy(a_words[None], w_words[None], K)[0, 0])
 
@@ -76,6 +95,9 @@ LIBRARY = {
     "pack_sign_bits": quantlab.packing.pack_signs,
     "xnor_popcount_dot": _xnor_dot,
     "binarize_with_alpha": quantlab.binary.binarize_weights,
+    "fake_quant_ste": _fake_quant_ste,
+    "ema_range": _ema_range,
+    "export_weights": _export_weights,
 }
 
 
