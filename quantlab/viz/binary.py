@@ -107,7 +107,10 @@ class PackingExplorer(Explorer):
 class AlphaExplorer(Explorer):
     """One output channel W_c of a conv weight vs α sign(W_c); the error ||W_c - α sign W_c||² as α moves.
 
+    >>> from quantlab.models import load_trained
     >>> ex = AlphaExplorer(load_trained().conv2.weight); ex.controls["alpha ×"].value = 1.5
+    >>> ex.controls["alpha ×"].value
+    1.5
     """
 
     def __init__(self, w: torch.Tensor, channel: int = 0):
