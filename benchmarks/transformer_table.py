@@ -87,11 +87,14 @@ def minilm_part():
         log("minilm gptq", bits, rows[f"int{bits} group-128 GPTQ"])
     w = model.get_submodule(MINILM_LAYER).weight.detach()
     row_absmax = w.abs().amax(1)
-    x_held = linear_inputs(model, tok, held[:12])[MINILM_LAYER][:128]
+    gen = torch.Generator().manual_seed(0)  # tokens drawn from all topics (the sentence file is sorted by topic)
+    x_held = linear_inputs(model, tok, held)[MINILM_LAYER]
+    x_held = x_held[torch.randperm(len(x_held), generator=gen)[:128]]
+    x_calib = xs[MINILM_LAYER][torch.randperm(len(xs[MINILM_LAYER]), generator=gen)[:384]]
     _update(TABLE, {"minilm": rows, "minilm_eval_sentences": len(held), "minilm_calib_sentences": len(calib),
                     "minilm_outlier": {"layer": MINILM_LAYER,
                                        "absmax_over_median_row_absmax": float(w.abs().max() / row_absmax.median())}})
-    _update_npz({"minilm_w": w, "minilm_x_calib": xs[MINILM_LAYER][:384], "minilm_x_held": x_held})
+    _update_npz({"minilm_w": w, "minilm_x_calib": x_calib, "minilm_x_held": x_held})
 
 
 def smollm2_part():

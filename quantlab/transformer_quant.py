@@ -29,7 +29,7 @@ from .models import activation_hooks, replace_layers
 
 __all__ = [
     "MINILM_PACKAGE", "SMOLLM2_PACKAGE", "DATA_DIR", "load_sentences", "load_text",
-    "load_minilm", "load_smollm2", "embed", "embedding_agreement", "perplexity",
+    "load_table", "load_captured", "load_minilm", "load_smollm2", "embed", "embedding_agreement", "perplexity",
     "fake_quantize_weight", "quantize_linear_weights", "input_absmax",
 ]
 
@@ -64,6 +64,32 @@ def load_text(path=None) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"path {str(path)!r} does not exist; the shipped text is data/transformer_text.txt.")
     return path.read_text(encoding="utf-8")
+
+
+def load_table() -> dict:
+    """The measured table ``data/transformer_table.json`` (written by benchmarks/transformer_table.py).
+
+    >>> round(load_table()["minilm"]["int8 per-channel"]["cosine"], 3)
+    1.0
+    """
+    import json
+
+    return json.loads((DATA_DIR / "transformer_table.json").read_text())
+
+
+def load_captured() -> dict:
+    """{key: float32 tensor} from ``data/transformer_layers.npz`` (float16 on disk): a few layers' weights and
+    captured inputs — ``minilm_w`` (384, 384), ``minilm_x_calib`` (384, 384), ``minilm_x_held`` (128, 384),
+    ``smol_x/<layer>`` (64, C_in), ``smol_w/<layer>`` (64 rows, C_in), ``smol_wabsmax/<layer>`` (C_in,) and
+    ``smol_absmax/<layer>`` (C_in,) for the inputs of every q/o/gate/down projection of SmolLM2.
+
+    >>> load_captured()["minilm_w"].shape
+    torch.Size([384, 384])
+    """
+    import numpy as np
+
+    with np.load(DATA_DIR / "transformer_layers.npz") as d:
+        return {k: torch.from_numpy(d[k].astype(np.float32)) for k in d.files}
 
 
 # --------------------------------------------------------------------------------------------- loaders
