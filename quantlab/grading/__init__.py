@@ -9,7 +9,7 @@ Registered exercises (id = function name): lab 01 ``quantize``, ``dequantize``, 
 ``symmetric_params``; lab 02 ``per_channel_minmax``, ``per_channel_scale``; lab 03 ``log_quantize``,
 ``kmeans_step``; lab 04 ``requant_multiplier``; lab 05 ``kl_divergence``, ``quantize_histogram``;
 lab 06 ``bias_correction``, ``weight_correction``; lab 08 ``pack_sign_bits``, ``xnor_popcount_dot``,
-``binarize_with_alpha``.
+``binarize_with_alpha``; lab 09 ``group_quantize_int4``, ``smooth_layer``.
 """
 
 from . import (  # noqa: F401 - each module registers its exercises
@@ -20,6 +20,7 @@ from . import (  # noqa: F401 - each module registers its exercises
     checks_granularity,
     checks_linear,
     checks_nonlinear,
+    checks_transformer,
 )
 from .core import (
     DEFAULT_TIMEOUT,
