@@ -45,3 +45,5 @@ def test_granularity_explorer_reads_table(cap):
     w = cap["minilm_w"]
     assert ex.total[4, "group-32"] == pytest.approx(sqnr_db(w, fake_quantize_weight(w, 4, vt.SCHEMES["group-32"])))
     assert ex.total[4, "group-32"] > ex.total[4, "per-channel"] > ex.total[4, "per-tensor"]
+    w_hat = fake_quantize_weight(w, 4, vt.SCHEMES["group-32"])
+    assert ex.pts.get_ydata()[7] == pytest.approx(sqnr_db(w[7], w_hat[7]), abs=1e-3)

@@ -142,7 +142,9 @@ class WeightGranularityExplorer(Explorer):
         for bits in (8, 4, 3):
             for name, g in SCHEMES.items():
                 w_hat = fake_quantize_weight(w, bits, g)
-                self.row_sqnr[bits, name] = np.array([sqnr_db(w[i], w_hat[i]) for i in range(w.shape[0])])
+                # sqnr_db row by row, vectorised (384 calls took seconds): 10 log10(Σ w² / Σ (w - ŵ)²) per row
+                noise = ((w - w_hat) ** 2).sum(1).double().clamp_min(1e-30)
+                self.row_sqnr[bits, name] = (10 * torch.log10((w ** 2).sum(1).double() / noise)).numpy()
                 self.total[bits, name] = sqnr_db(w, w_hat)
         self.controls = {
             "bits": widgets.Dropdown(options=[8, 4, 3], value=8, description="bits"),
