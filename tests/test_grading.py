@@ -230,6 +230,13 @@ WRONG = [
      "spatial mean"),
     ("weight_correction", "import numpy as np\ndef weight_correction(w, w_hat):\n    return w_hat",
      "zeta * (w_hat + u)"),
+    # lab 09 (the full catalogue of its mistakes is in tests/test_grading_transformer.py)
+    ("group_quantize_int4", "import numpy as np\ndef group_quantize_int4(w, group_size):\n"
+                            "    s = np.abs(w).max() / 7\n    return np.clip(np.round(w / s), -7, 7) * s\n",
+     "one scale for the whole tensor"),
+    ("smooth_layer", "import numpy as np\ndef smooth_layer(x, w, alpha):\n"
+                     "    s = np.abs(x).max(0) ** alpha / np.abs(w).max(0) ** (1 - alpha)\n    return x / s, w\n",
+     "forgot to scale W"),
 ]
 
 

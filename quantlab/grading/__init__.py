@@ -9,9 +9,9 @@ Registered exercises (id = function name): lab 01 ``quantize``, ``dequantize``, 
 ``symmetric_params``; lab 02 ``per_channel_minmax``, ``per_channel_scale``; lab 03 ``log_quantize``,
 ``kmeans_step``; lab 04 ``requant_multiplier``; lab 05 ``kl_divergence``, ``quantize_histogram``;
 lab 06 ``bias_correction``, ``weight_correction``; lab 07 ``fake_quant_ste``, ``ema_range``,
-``export_weights``; lab 08 ``pack_sign_bits``, ``xnor_popcount_dot``, ``binarize_with_alpha``. Modules:
-``compare``, ``exercise``, ``sandbox``, ``forbid``, ``hints``, ``runner``, ``report``, ``batch``, ``cli``
-(``core`` re-exports what exercise modules need).
+``export_weights``; lab 08 ``pack_sign_bits``, ``xnor_popcount_dot``, ``binarize_with_alpha``; lab 09
+``group_quantize_int4``, ``smooth_layer``. Modules: ``compare``, ``exercise``, ``sandbox``, ``forbid``, ``hints``,
+``runner``, ``report``, ``batch``, ``cli`` (``core`` re-exports what exercise modules need).
 """
 
 from . import (  # noqa: F401 - each module registers its exercises
@@ -23,6 +23,7 @@ from . import (  # noqa: F401 - each module registers its exercises
     checks_linear,
     checks_nonlinear,
     checks_qat,
+    checks_transformer,
 )
 from .batch import exercises_of_lab
 from .core import (
