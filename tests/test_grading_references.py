@@ -25,6 +25,8 @@ import quantlab.linear
 import quantlab.nonlinear
 import quantlab.observers
 import quantlab.packing
+import quantlab.smoothquant
+import quantlab.transformer_quant
 from quantlab.grading import REGISTRY, run_exercise
 
 
@@ -74,6 +76,17 @@ def _export_weights(w, r_min, r_max, q_min, q_max):
     return q.numpy().astype(np.uint8 if q_max > 127 else np.int8), float(s), int(z)
 
 
+def _group_int4(w, group_size):
+    return quantlab.transformer_quant.fake_quantize_weight(
+        torch.from_numpy(w), 4, quantlab.granularity.PerGroup(group_size)).double().numpy()
+
+
+def _smooth_layer(x, w, alpha):
+    x, w = torch.from_numpy(x), torch.from_numpy(w)
+    s = quantlab.smoothquant.smooth_scales(x.abs().amax(0), w.abs().amax(0), alpha)
+    return (x / s).numpy(), (w * s).numpy()
+
+
 def _xnor_dot(a_words, w_words, K):
     return int(quantlab.binary_kernel.xnor_gemm_numpy(a_words[None], w_words[None], K)[0, 0])
 
@@ -98,6 +111,8 @@ LIBRARY = {
     "fake_quant_ste": _fake_quant_ste,
     "ema_range": _ema_range,
     "export_weights": _export_weights,
+    "group_quantize_int4": _group_int4,
+    "smooth_layer": _smooth_layer,
 }
 
 
