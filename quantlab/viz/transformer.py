@@ -70,7 +70,7 @@ class OutlierExplorer(Explorer):
 class SmoothQuantExplorer(Explorer):
     """α slider for SmoothQuant on a shipped SmolLM2 layer: ranges after smoothing and W8A8 output SQNR.
 
-    >>> ex = SmoothQuantExplorer(); ex.controls["alpha"].value = 0.5; ex.sqnr[ex.layer][10] > ex.sqnr[ex.layer][0]
+    >>> ex = SmoothQuantExplorer(); ex.controls["alpha"].value = 0.5; bool(ex.sqnr[ex.layer][10] > ex.sqnr[ex.layer][0])
     True
     """
 
