@@ -43,8 +43,9 @@ class OutlierExplorer(Explorer):
         self.stats = {k.split("/", 1)[1]: v.numpy() for k, v in cap.items() if k.startswith("smol_absmax/")}
         names = sorted(self.stats, key=lambda n: (int(n.split(".")[2]), n))
         self.ratio = {n: float(v.max() / np.median(v)) for n, v in self.stats.items()}
-        self.controls = {"layer": widgets.Dropdown(options=[(_short(n), n) for n in names], value=names[0],
-                                                   description="layer", layout=widgets.Layout(width="320px"))}
+        self.controls = {"layer": widgets.SelectionSlider(options=[(_short(n), n) for n in names], value=names[0],
+                                                          description="layer", continuous_update=False,
+                                                          layout=widgets.Layout(width="420px"))}
         self.fig, self.ax = new_figure(1, 1, width=9.0, height=3.0)
         self.line, = self.ax.plot([], [], lw=0.8, color="C0", label="max |X_j|")
         self.med = self.ax.axhline(1, color="C3", ls="--", lw=0.8, label="median over channels")
@@ -148,7 +149,7 @@ class WeightGranularityExplorer(Explorer):
                 self.row_sqnr[bits, name] = (10 * torch.log10((w ** 2).sum(1).double() / noise)).numpy()
                 self.total[bits, name] = sqnr_db(w, w_hat)
         self.controls = {
-            "bits": widgets.Dropdown(options=[8, 4, 3], value=8, description="bits"),
+            "bits": widgets.SelectionSlider(options=[8, 4, 3], value=8, description="bits"),
             "scheme": widgets.Dropdown(options=list(SCHEMES), value="per-tensor", description="granularity"),
         }
         self.fig, (self.ax_r, self.ax_m) = new_figure(2, 1, width=9.5, height=3.0,
