@@ -118,9 +118,29 @@ def train(
     lr = check_positive_float(lr, "lr")
     if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
         raise ValueError(f"max_shift must be an integer >= 0 (pixels); got {max_shift!r}.")
+    x, y = load_mnist("train", n)
+    return fit(SmallCNN, x, y, epochs=epochs, lr=lr, weight_decay=1e-4, batch_size=batch_size,
+               max_shift=max_shift, seed=seed, threads=threads, progress=progress, desc="train SmallCNN")
+
+
+def fit(make_model, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, weight_decay: float = 0.0,
+        batch_size: int = 64, max_shift: int = 2, seed: int = 0, threads: int | None = 1, progress: bool = True,
+        desc: str = "train", after_step=None, finish=None) -> nn.Module:
+    """The one deterministic training loop of the labs' checkpoints (:func:`train`, the binary CNNs).
+
+    ``torch.manual_seed(seed)``, then ``model = make_model()`` (so its initial weights follow the seed); Adam(lr,
+    weight_decay) with a one-cycle schedule over ``epochs`` passes of shuffled batches (one
+    ``torch.Generator(seed)`` for the order and the random shifts of up to ``max_shift`` pixels), cross-entropy
+    loss. ``after_step(model)`` runs after every optimiser step (e.g. clipping latent weights), ``finish(model)``
+    once at the end, both still under ``torch.use_deterministic_algorithms(True)`` and ``threads`` threads
+    (restored afterwards). Returns the model in eval mode. Shapes: x (N, 1, 28, 28) float, y (N,) int64.
+
+    >>> m = fit(SmallCNN, *load_mnist("train", n=64), epochs=1, lr=1e-3, progress=False)
+    >>> m.training
+    False
+    """
     from tqdm.auto import tqdm
 
-    x, y = load_mnist("train", n)
     was_det, was_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
     if threads is not None:
@@ -128,13 +148,13 @@ def train(
     try:
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        model = SmallCNN()
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
+        model = make_model()
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
         steps = epochs * ((len(y) + batch_size - 1) // batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
         loss_fn = nn.CrossEntropyLoss()
         model.train()
-        bar = tqdm(total=steps, desc="train SmallCNN", disable=not progress, leave=False)
+        bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
         for epoch in range(epochs):
             order = torch.randperm(len(y), generator=gen)
             for k in range(0, len(y), batch_size):
@@ -145,9 +165,13 @@ def train(
                 loss.backward()
                 opt.step()
                 sched.step()
+                if after_step is not None:
+                    after_step(model)
                 bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
         bar.close()
+        if finish is not None:
+            finish(model)
     finally:
         torch.use_deterministic_algorithms(was_det)
         torch.set_num_threads(was_threads)
