@@ -21,7 +21,7 @@ from ._checks import check_same_device
 from .binary import binarize_model
 from .binary_kernel import HAVE_NUMBA, xnor_gemm_numba, xnor_gemm_numpy
 from .data import data_dir, load_mnist
-from .models import SmallCNN, _shift, evaluate, find_layers, load_trained
+from .models import SmallCNN, evaluate, find_layers, fit, load_trained
 from .packing import pack_signs
 
 __all__ = ["KINDS", "CHECKPOINTS", "binary_cnn", "train_binary", "recalibrate_batchnorm", "load_binary",
@@ -63,49 +63,22 @@ def train_binary(kind: str, epochs: int | None = None, seed: int = 0, lr: float 
 
     >>> m = train_binary("bwn", epochs=1, n=256, progress=False)
     """
-    from tqdm.auto import tqdm
-
     _check_kind(kind)
     epochs = EPOCHS[kind] if epochs is None else epochs
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1; got {epochs}.")
     x, y = load_mnist("train", n)
-    was_det, was_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    torch.use_deterministic_algorithms(True)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        model = binary_cnn(kind, load_trained())
-        latent = [m.weight for m in model.modules() if hasattr(m, "binary_input")]
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        steps = epochs * ((len(y) + batch_size - 1) // batch_size)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-        loss_fn = nn.CrossEntropyLoss()
-        model.train()
-        bar = tqdm(total=steps, desc=f"train {kind.upper()} CNN", disable=not progress, leave=False)
-        for epoch in range(epochs):
-            order = torch.randperm(len(y), generator=gen)
-            for k in range(0, len(y), batch_size):
-                idx = order[k:k + batch_size]
-                xb = x[idx] if max_shift == 0 else _shift(x[idx], max_shift, gen)
-                loss = loss_fn(model(xb), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                with torch.no_grad():
-                    for w in latent:
-                        w.clamp_(-1.0, 1.0)
-                bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-        bar.close()
-        recalibrate_batchnorm(model, x)
-    finally:
-        torch.use_deterministic_algorithms(was_det)
-        torch.set_num_threads(was_threads)
-    return model.eval()
+
+    def clip_latent(model):  # BinaryConnect: latent weights of the binary layers stay in [-1, 1]
+        with torch.no_grad():
+            for m in model.modules():
+                if hasattr(m, "binary_input"):
+                    m.weight.clamp_(-1.0, 1.0)
+
+    return fit(lambda: binary_cnn(kind, load_trained()), x, y, epochs=epochs, lr=lr, batch_size=batch_size,
+               max_shift=max_shift, seed=seed, threads=threads, progress=progress,
+               desc=f"train {kind.upper()} CNN", after_step=clip_latent,
+               finish=lambda model: recalibrate_batchnorm(model, x))
 
 
 @torch.no_grad()

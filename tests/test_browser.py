@@ -23,7 +23,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS, LabServer, NotebookDriver, copy_tree, require_chromium
+from browser_page import NotebookDriver
+from browser_server import CHROMIUM, CHROMIUM_ARGS, LabServer, copy_tree, require_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 

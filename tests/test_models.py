@@ -1,4 +1,4 @@
-"""Tests for quantlab/models.py and the shipped data/cnn.pt (offline, < 20 s)."""
+"""Tests for quantlab/models/ and the shipped data/cnn.pt (offline, < 20 s)."""
 
 from __future__ import annotations
 
