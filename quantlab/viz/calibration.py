@@ -97,7 +97,7 @@ class CalibrationExplorer(Explorer):
             "range": widgets.FloatRangeSlider(value=(0.0, 0.5), min=0.0, max=1.0, step=0.002,
                                               description="range", readout=False),  # shown in the readout
         }
-        self.fig, (self.ax_p, self.ax_d) = new_figure(1, 2, width=10.0, height=5.6)
+        self.fig, (self.ax_p, self.ax_d) = new_figure(1, 2, width=9.2, height=5.6)  # fits a notebook output
         self.ax_p.set_title("P_f (grey), clipped P and Q_q (zero spike flattened)", fontsize=10)
         self.ax_d.set_title("D(P || Q_q) against the clip threshold", fontsize=10)
         one, edges = np.ones(1), np.array([0.0, 1.0])
@@ -119,7 +119,7 @@ class CalibrationExplorer(Explorer):
         self.vlines = {}
         for name, color in MARKERS.items():
             self.vlines[name] = (self.ax_p.axvline(0, color=color, ls="--", lw=1),
-                                 self.ax_d.axvline(0, color=color, ls="--", lw=1, label=f"{name} pick"))
+                                 self.ax_d.axvline(0, color=color, ls="--", lw=1, label=f"{name} T"))
         self.cur = (self.ax_p.axvline(0, color="k", lw=1.2, label="current"), self.ax_d.axvline(0, color="k", lw=1.2))
         for ax in (self.ax_p, self.ax_d):  # legends outside the data, static (not blitted)
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
