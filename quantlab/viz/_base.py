@@ -230,6 +230,6 @@ class Explorer:
         if self.readout is None:
             return
         cells = "".join(
-            f"<td style='padding:2px 10px'><b>{k}</b> {v}</td>" for k, v in items.items()
+            f"<td style='padding:2px 10px; white-space:nowrap'><b>{k}</b> {v}</td>" for k, v in items.items()
         )
-        self.readout.value = f"<table><tr>{cells}</tr></table>"
+        self.readout.value = f"<table style='display:block; overflow-x:auto'><tr>{cells}</tr></table>"
