@@ -140,6 +140,26 @@ def test_garbage_in_padding_bits_cannot_change_the_result(backend):
     assert np.array_equal(qb.xnor_gemm(pa, pw, 70, backend), (a @ w.T).astype(np.int64))
 
 
+@needs_numba
+@pytest.mark.parametrize("K", [1, 63, 64, 65, 128, 129, 200])
+@pytest.mark.parametrize("tiles", [(64, 256), (3, 5), (1, 1), (2, 8)])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_compiled_kernel_tile_edges_and_word_edges(K, tiles, parallel, monkeypatch):
+    """M, N odd and not multiples of the tile (two rows per step, 8-column vectors), K at word boundaries,
+    garbage in the padding bits of both operands; serial and parallel paths, against the float product."""
+    monkeypatch.setattr(bk, "SERIAL_BELOW", 0 if parallel else 2**62)
+    rng = np.random.default_rng(K)
+    a, w = signs(rng, 13, K), signs(rng, 11, K)
+    pa, pw = pack_signs(a), pack_signs(w)
+    if K % 64:
+        pad = np.uint64(((1 << 64) - 1) ^ ((1 << (K % 64)) - 1))   # the padding bits of the last word
+        pa[::2, -1] |= pad
+        pw[1::3, -1] |= pad & np.uint64(0xA5A5A5A5A5A5A5A5 & ((1 << 64) - 1))
+    got = bk.xnor_gemm_numba(pa, pw, K, *tiles)
+    assert got.dtype == np.int32 and got.shape == (13, 11)
+    assert np.array_equal(got, (a.astype(np.float64) @ w.T.astype(np.float64)).astype(np.int64))
+
+
 def test_popcount_fallback_agrees_with_bitwise_count():
     x = np.random.default_rng(5).integers(0, 2**63, 1000, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     expected = [bin(int(v)).count("1") for v in x]                  # Python's own count
