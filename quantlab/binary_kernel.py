@@ -6,8 +6,8 @@ where the bits agree and -1 where they differ, so  a . w = (#agree) - (#differ) 
 * :func:`xnor_gemm_numpy` — the readable definition: ``np.bitwise_xor`` + ``np.bitwise_count`` (NumPy >= 2.0;
   older NumPy gets the classic SWAR popcount below). The plain-NumPy **slow path** (0.5–1.4x of float BLAS).
 * :func:`xnor_gemm_numba` — the same formula compiled by numba: the CPU's popcount instruction (LLVM ``ctpop``,
-  vectorised over 8 columns at a time), tiles of rows x columns spread over threads with ``prange``, compiled once and cached on disk
-  (``cache=True``). ``HAVE_NUMBA`` says whether it is available.
+  vectorised over 8 columns at a time), tiles of rows x columns spread over threads with ``prange``, compiled
+  once and cached on disk (``cache=True``). ``HAVE_NUMBA`` says whether it is available.
 
 Both take packed uint64 words (M, W) and (N, W) with W = ceil(K / 64) and return int32 (M, N). The last
 word is masked to its K mod 64 valid bits, so whatever the padding bits hold cannot change a result.
