@@ -112,15 +112,16 @@ def xnor_gemm_numpy(a, w, K: int, rows_per_chunk: int = 64) -> np.ndarray:
 SERIAL_BELOW = 2**21
 
 
-def xnor_gemm_numba(a, w, K: int, tile_m: int = 64, tile_n: int = 256) -> np.ndarray:
+def xnor_gemm_numba(a, w, K: int, tile_m: int = 128, tile_n: int = 128) -> np.ndarray:
     r"""out[i, j] = K - 2 popcount(a_i XOR w_j), compiled: popcount instruction, tiled, multi-threaded.
 
     Same contract as :func:`xnor_gemm_numpy` (shapes, masking of the padding, exact int32 result). Tiles of
     ``tile_m`` rows of a x ``tile_n`` rows of w are spread over numba's threads (``numba.set_num_threads``).
-    w is transposed once per call to (W, N), so the innermost loop runs over contiguous columns: one word of a
-    is XORed with 8 columns at once and popcounted (AVX-512 VPOPCNTQ where available), and each loaded word of
-    w serves two rows of a; a tile of w (256 columns x W words) stays in L2 while tile_m rows of a stream past
-    it. Small products (M N W < ``SERIAL_BELOW``) run on one thread. The first call
+    Each tile copies its rows of w transposed to (W, tile_n), padding bits zeroed, so the innermost loop runs
+    over contiguous columns: four words of a are XORed with 8 columns at once and popcounted (AVX-512 VPOPCNTQ
+    where available) per counter update, and each loaded word of w serves two rows of a; the tile of w
+    (tile_n columns x W words) stays in cache while tile_m rows of a stream past it. Small products
+    (M N W < ``SERIAL_BELOW``) run on one thread. The first call
     compiles (or loads the on-disk cache, ``cache=True``). Raises ImportError when numba is not installed
     (use :func:`xnor_gemm_numpy`, or :func:`quantlab.binary.xnor_gemm` which falls back with a warning).
 
@@ -137,6 +138,5 @@ def xnor_gemm_numba(a, w, K: int, tile_m: int = 64, tile_n: int = 256) -> np.nda
     from . import _xnor_numba as nb
 
     kernel = nb._gemm_serial if a.shape[0] * w.shape[0] * a.shape[1] < SERIAL_BELOW else nb._gemm_parallel
-    wt = np.ascontiguousarray(w.T)                             # (W, N): columns contiguous per word
-    kernel(a, wt, np.int64(K), np.uint64(_last_mask(K)), out, np.int64(tile_m), np.int64(tile_n))
+    kernel(a, w, np.int64(K), np.uint64(_last_mask(K)), out, np.int64(tile_m), np.int64(tile_n))
     return out

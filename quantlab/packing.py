@@ -93,6 +93,11 @@ def n_words(K: int) -> int:
 
 def _as_signs(x, name: str) -> np.ndarray:
     """x as a NumPy array of exact ±1 values (CPU copy of a torch tensor on any device), or a clear error."""
+    return _signs_and_negative(x, name)[0]
+
+
+def _signs_and_negative(x, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, x == -1) for x of exact ±1 values, checked by counting: #(x == 1) + #(x == -1) must be x.size."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
@@ -100,14 +105,15 @@ def _as_signs(x, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be a numeric array of ±1 values; got dtype {x.dtype}.")
     if x.ndim == 0 or x.shape[-1] == 0:
         raise ValueError(f"{name} must have a non-empty last axis K (the reduction axis); got shape {x.shape}.")
-    bad = (x != 1) & (x != -1)
-    if bad.any():
+    negative = x == -1                                  # two comparisons and two counts: no third pass
+    if np.count_nonzero(negative) + np.count_nonzero(x == 1) != x.size:
+        bad = (x != 1) & ~negative
         v = x[bad].flat[0]
         raise ValueError(
             f"{name} must contain only +1 and -1; found {int(bad.sum())} other value(s), e.g. {v!r}. "
             "Binarize it first: quantlab.binary.binarize(x) (sign with sign(0) = +1)."
         )
-    return x
+    return x, negative
 
 
 def pack_signs(x) -> np.ndarray:
@@ -127,7 +133,7 @@ def pack_signs(x) -> np.ndarray:
     >>> pack_signs(-np.ones((2, 65))).shape            # K = 65 -> 2 words, the second one padded
     (2, 2)
     """
-    return pack_negative(_as_signs(x, "x") < 0)
+    return pack_negative(_signs_and_negative(x, "x")[1])
 
 
 def pack_negative(negative: np.ndarray) -> np.ndarray:
@@ -139,8 +145,10 @@ def pack_negative(negative: np.ndarray) -> np.ndarray:
     array([9], dtype=uint64)
     """
     K = negative.shape[-1]
-    bits = np.zeros(negative.shape[:-1] + (n_words(K) * WORD_BITS,), dtype=np.uint8)
-    bits[..., :K] = negative
+    bits = negative
+    if K % WORD_BITS:                                                # ragged K: pad with 0 bits (+1)
+        bits = np.zeros(negative.shape[:-1] + (n_words(K) * WORD_BITS,), dtype=np.uint8)
+        bits[..., :K] = negative
     packed = np.packbits(bits, axis=-1, bitorder="little")          # byte b, bit i = element 8 b + i
     return np.ascontiguousarray(packed).view("<u8").astype(np.uint64, copy=False)
 

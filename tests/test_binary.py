@@ -141,11 +141,12 @@ def test_garbage_in_padding_bits_cannot_change_the_result(backend):
 
 
 @needs_numba
-@pytest.mark.parametrize("K", [1, 63, 64, 65, 128, 129, 200])
+@pytest.mark.parametrize("K", [1, 63, 64, 65, 128, 129, 200, 256, 320, 449])
 @pytest.mark.parametrize("tiles", [(64, 256), (3, 5), (1, 1), (2, 8)])
 @pytest.mark.parametrize("parallel", [False, True])
 def test_compiled_kernel_tile_edges_and_word_edges(K, tiles, parallel, monkeypatch):
-    """M, N odd and not multiples of the tile (two rows per step, 8-column vectors), K at word boundaries,
+    """M, N odd and not multiples of the tile (two rows per step, 8-column vectors), K at word boundaries
+    and W = ceil(K/64) below, at and above a multiple of 4 (four words per counter update),
     garbage in the padding bits of both operands; serial and parallel paths, against the float product."""
     monkeypatch.setattr(bk, "SERIAL_BELOW", 0 if parallel else 2**62)
     rng = np.random.default_rng(K)
