@@ -14,6 +14,8 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+from grading_support import define
+from grading_support import sol as _sol
 
 from quantlab.grade import main, read_submission
 from quantlab.grading import REGISTRY, check, run_exercise
@@ -23,20 +25,7 @@ from quantlab.grading.checks_engine import requant_multiplier_reference
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # from deliberately wrong learner code
 
 ROOT = Path(__file__).resolve().parents[1]
-_SOL_PATH = ROOT / "tests/fixtures/grading/solutions.py"
-_spec = importlib.util.spec_from_file_location("grading_solutions", _SOL_PATH)
-_sol = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_sol)
 SOLUTIONS, STUBS = _sol.SOLUTIONS, _sol.STUBS
-
-
-def define(src: str, name: str | None = None):
-    """Execute an exercise-cell source and return the function it defines."""
-    ns: dict = {}
-    exec(src, ns)
-    if name is None:
-        name = next(k for k, v in ns.items() if callable(v) and k in REGISTRY)
-    return ns[name]
 
 
 def make_notebook(path: Path, cells) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from grading_support import define
 
 from quantlab.grading import REGISTRY, run_exercise
 from quantlab.packing import pack_signs
@@ -12,12 +13,6 @@ from quantlab.packing import pack_signs
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 IDS = ("pack_sign_bits", "xnor_popcount_dot", "binarize_with_alpha")
-
-
-def define(src: str, name: str):
-    ns: dict = {}
-    exec(src, ns)
-    return ns[name]
 
 
 PACK = "import numpy as np\ndef pack_sign_bits(x):\n{}\n"

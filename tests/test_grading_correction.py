@@ -3,28 +3,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from grading_support import define
+from grading_support import sol as _sol
 
 import quantlab.correction as qc
 from quantlab.grading import REGISTRY, run_exercise
 from quantlab.grading.checks_correction import bias_correction_reference, weight_correction_reference
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
-_spec = importlib.util.spec_from_file_location(
-    "grading_solutions", Path(__file__).resolve().parent / "fixtures/grading/solutions.py")
-_sol = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_sol)
-
-
-def define(src):
-    ns: dict = {}
-    exec(src, ns)
-    return next(v for k, v in ns.items() if k in REGISTRY and callable(v))
 
 
 @pytest.mark.parametrize("ex_id", ["bias_correction", "weight_correction"])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
+from grading_support import define
+from grading_support import sol as _sol
 
 from quantlab.grade import main
 from quantlab.grading import REGISTRY, check, run_exercise
@@ -20,9 +21,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures/grading"
 EXTRA = FIXTURES / "extra_cases.py"
-_spec = importlib.util.spec_from_file_location("grading_solutions", FIXTURES / "solutions.py")
-_sol = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_sol)
 SOLUTIONS = _sol.SOLUTIONS
 
 # Passes every shipped quantize case (all have fewer than 100 values) but not hidden case 1 (1000 values).
@@ -43,12 +41,6 @@ def notebook(path: Path, sources) -> str:
         nb.cells.append(c)
     nbformat.write(nb, str(path))
     return str(path)
-
-
-def define(src):
-    ns: dict = {}
-    exec(src, ns)
-    return ns["quantize"]
 
 
 def grade(paths, *extra, capsys):

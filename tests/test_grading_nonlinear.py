@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from grading_support import define
+from grading_support import sol as _sol
 
 from quantlab.grading import REGISTRY, exercises_of_lab, run_exercise
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # from deliberately wrong learner code
 
-_spec = importlib.util.spec_from_file_location(
-    "grading_solutions", Path(__file__).resolve().parent / "fixtures/grading/solutions.py")
-_sol = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_sol)
-
-
-def define(src: str, name: str):
-    ns: dict = {}
-    exec(src, ns)
-    return ns[name]
 
 
 def test_lab03_exercises_registered_with_forbids():

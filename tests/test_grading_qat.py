@@ -3,29 +3,18 @@ solutions score full marks, stubs are "not attempted", typical wrong solutions e
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from grading_support import define
+from grading_support import sol as _sol
 
 from quantlab.grading import REGISTRY, check, run_exercise
 from quantlab.grading.checks_qat import ema_range_reference, export_weights_reference, fake_quant_ste_reference
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
-_SOL_PATH = Path(__file__).resolve().parent / "fixtures/grading/solutions.py"
-_spec = importlib.util.spec_from_file_location("grading_solutions_qat", _SOL_PATH)
-_sol = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_sol)
 IDS = ("fake_quant_ste", "ema_range", "export_weights")
-
-
-def define(src: str, name: str):
-    ns: dict = {}
-    exec(src, ns)
-    return ns[name]
 
 
 def test_registered_for_lab_07_with_forbids():

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from grading_support import define as _define
+from grading_support import load_fixture
 
 from quantlab.grading import REGISTRY, run_exercise
 from quantlab.grading.hints import describe_inputs, is_type_mixup
@@ -13,17 +12,12 @@ from quantlab.grading.hints import describe_inputs, is_type_mixup
 pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # NumPy 2 meets torch tensors
 
-_PATH = Path(__file__).resolve().parent / "fixtures/grading/torch_solutions.py"
-_spec = importlib.util.spec_from_file_location("grading_torch_solutions", _PATH)
-_mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_mod)
-TORCH_SOLUTIONS = _mod.TORCH_SOLUTIONS
+TORCH_SOLUTIONS = load_fixture("torch_solutions").TORCH_SOLUTIONS
+_PRELUDE = "import numpy as np\nimport torch\n"
 
 
 def define(src: str, name: str):
-    ns: dict = {}
-    exec("import numpy as np\nimport torch\n" + src, ns)
-    return ns[name]
+    return _define(src, name, prelude=_PRELUDE)
 
 
 def test_every_exercise_has_a_torch_solution():
