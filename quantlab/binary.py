@@ -13,6 +13,10 @@ Binary layers with binary inputs pad with +1 (larq's ``pad_values=1``): a zero p
 packed kernel could not represent it. Float layers, ops and models follow the device rule (they run where the
 data is); the packed kernel is CPU-only: :func:`binary_matmul`, :func:`binary_conv2d` and :func:`pack_model`'s
 layers copy their inputs to the CPU and return results on the inputs' device.
+
+Length (~410 lines, just over the project's ~400): the float ±1 layers and their packed twins are kept in one
+file on purpose — ``pack_model`` turns each ``BinaryConv2d``/``BinaryLinear`` into its packed counterpart, and
+the lab reads them side by side; the kernel itself lives in :mod:`quantlab.binary_kernel`.
 """
 
 from __future__ import annotations
