@@ -289,3 +289,25 @@ def test_packed_size_is_measured_from_the_words():
     float_removed = (32 * 144 + 64 * 1568) * 4
     assert qb.packed_size_bytes(model) == fp32 - float_removed + binary_bytes
     assert qb.packed_size_bytes(qb.pack_model(model)) <= qb.packed_size_bytes(model)
+
+
+# ------------------------------------------------------------------------------------------- the speed benchmark
+
+
+def test_interleaved_timing_warms_each_callable_and_keeps_its_best_round(monkeypatch):
+    """Each round runs every callable twice (untimed, then timed), in order; the result is each one's best round."""
+    import quantlab.binary_train as bt
+
+    clock, calls = [0.0], []
+    durations = {"slow": iter([4, 12, 2, 10, 3, 11]), "fast": iter([1, 2, 1, 3, 1, 1])}
+    monkeypatch.setattr(bt.time, "perf_counter", lambda: clock[0])     # a fake clock: each call advances it
+
+    def make(name):
+        def fn():
+            calls.append(name)
+            clock[0] += next(durations[name])
+        return fn
+
+    best = bt._best_interleaved({"slow": make("slow"), "fast": make("fast")}, repeats=3)
+    assert calls == ["slow", "slow", "fast", "fast"] * 3
+    assert best == {"slow": 10, "fast": 1}          # timed calls: slow 12, 10, 11; fast 2, 3, 1
