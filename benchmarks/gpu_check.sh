@@ -29,7 +29,8 @@ timeout 300 python3 -m pytest -q -p no:randomly -n 12 --dist loadscope --ignore=
 echo "pytest exit $? in $(( $(date +%s) - start )) s" | tee -a $OUT/pytest.log
 tail -25 $OUT/pytest.log
 grep -E "PASSED|passed|failed" $OUT/pytest.log | tail -3
-timeout 60 python3 -m pytest -q -p no:randomly tests/test_device.py -v 2>&1 | grep -E "cuda|passed|failed" > $OUT/device_tests.log
+timeout 90 python3 -m pytest -q -p no:randomly tests/test_device.py tests/test_device_modules.py tests/test_simdevice.py -v 2>&1 \
+  | grep -E "cuda|passed|failed" > $OUT/device_tests.log
 tail -5 $OUT/device_tests.log; grep -c "cuda.*PASSED" $OUT/device_tests.log
 timeout 90 python3 benchmarks/qat_speed.py --device cuda 2>&1 | tee $OUT/qat_cuda.txt
 timeout 100 python3 benchmarks/xnor_speed.py 2>&1 | tee $OUT/xnor.txt

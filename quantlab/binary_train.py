@@ -148,9 +148,10 @@ def _best_interleaved(fns: dict, repeats: int) -> dict:
 def time_binary_gemm(M: int, N: int, K: int, repeats: int = 5, seed: int = 0, numpy_path: bool = False) -> dict:
     r"""Time A @ W^T for random ±1 matrices A (M, K), W (N, K): float32 NumPy/BLAS, float32 torch, packed kernel.
 
-    Side by side in one call: ``repeats`` rounds, each timing all three back to back; best round of each (seconds). Also: packing time of both operands
-    (``pack_s``), the plain-NumPy XNOR path if ``numpy_path``, operand bytes (float32 vs packed), and whether
-    the packed result equals the float product exactly. Timings depend on the machine and its load.
+    Side by side in one call: ``repeats`` rounds, each timing all three back to back (each after an untimed
+    warm call); the best round of each, in seconds. Also: packing time of both operands (``pack_s``), the
+    plain-NumPy XNOR path if ``numpy_path``, operand bytes (float32 vs packed), and whether the packed result
+    equals the float product exactly. Timings depend on the machine and its load.
 
     >>> r = time_binary_gemm(64, 64, 256, repeats=1); r["exact"], r["bytes_float"] // r["bytes_packed"]
     (True, 32)

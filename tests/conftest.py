@@ -38,14 +38,21 @@ def no_network(monkeypatch):
     qdata._arrays.cache_clear()
 
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", "sim"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(params=DEVICES)
 def device(request):
-    """Each available device in turn: 'cpu' always, 'cuda' when torch.cuda.is_available().
+    """Each device in turn: 'cpu'; 'sim', a simulated second device (``cpu:1``, tests/simdevice.py) with CUDA's
+    rules, so the rule is tested on every machine; and 'cuda' when torch.cuda.is_available().
 
     Device tests run the library on this device and compare with the CPU result (the device rule,
     CONTRIBUTING.md "Devices").
     """
-    return torch.device(request.param)
+    if request.param != "sim":
+        yield torch.device(request.param)
+        return
+    from simdevice import simulated_device
+
+    with simulated_device() as sim:
+        yield sim

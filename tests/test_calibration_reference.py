@@ -288,21 +288,25 @@ def test_fake_quantize_activations_bad_input():
             pass
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_tensors_are_accepted():
-    x = torch.randn(10_000, device="cuda")
-    h, e = cal.histogram(x, absolute=True)
-    assert h.sum() == 10_000
+def test_device_tensors_are_accepted(device):
+    """On each device (cpu, the simulated cpu:1, cuda when present): the same histogram and (s, z) as on the CPU,
+    (s, z) on the data's device, and fake-quantized activations on the model's device."""
+    from simdevice import is_on
+
+    x = torch.randn(10_000, generator=torch.Generator().manual_seed(0))
+    h, e = cal.histogram(x.to(device), absolute=True)
+    assert h.sum() == 10_000 and np.array_equal(h, cal.histogram(x, absolute=True)[0])
     for method in cal.METHODS:
-        p = cal.calibrate(x, method, bits=8)
-        ref = cal.calibrate(x.cpu(), method, bits=8)
-        assert torch.equal(p.s, ref.s) and torch.equal(p.z, ref.z)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU()).cuda()
-    inp = torch.randn(16, 4, device="cuda")
+        p = cal.calibrate(x.to(device), method, bits=8)
+        ref = cal.calibrate(x, method, bits=8)
+        assert is_on(p.s.device, device) and is_on(p.z.device, device), method
+        assert torch.equal(p.s.cpu(), ref.s) and torch.equal(p.z.cpu(), ref.z), method
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU()).to(device)
+    inp = torch.randn(16, 4).to(device)
     qp = cal.calibrate_model(cal.collect_activations(model, inp), "kl", 4)
     with cal.fake_quantize_activations(model, qp):
         out = model(inp)
-    assert out.device.type == "cuda" and len(out.unique()) <= 16
+    assert is_on(out.device, device) and len(out.unique()) <= 16
 
 
 # ---------------------------------------------------------------------------------------------------

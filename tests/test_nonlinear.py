@@ -382,9 +382,8 @@ def test_finetune_centroids_sums_gradients_with_codes_fixed(trained):
         torch.testing.assert_close(m1.get_submodule(n).weight, books1[n].dequantize())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_results_stay_on_the_tensors_device():
-    r = _rand(200, seed=1).cuda()
+def test_results_stay_on_the_tensors_device(device):
+    r = _rand(200, seed=1).to(device)
     for method in ("linear", "log", "kmeans", "nf"):
         w_hat, _, _ = quantize_weight(r, method, 3)
         assert w_hat.device == r.device

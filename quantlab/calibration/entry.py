@@ -85,7 +85,7 @@ def calibrate(source, method: str = "kl", bits: int = 8, symmetric: bool = False
 
     ``source``: raw x (tensor on any device — the histogram is built on the CPU — or array), a
     HistogramObserver, a (hist, bin_edges) histogram of x, or (for "minmax" only) any min/max observer.
-    Returns QParams(s, z, q_min, q_max), s float32, z int64 (on the CPU).
+    Returns QParams(s, z, q_min, q_max), s float32, z int64, on the device of a tensor ``source`` (else the CPU).
     Raises ValueError for an unknown method/merge (listing the valid ones), bits outside [1, 16] (2 for
     signed divergence searches), bins < 1, pct outside (50, 100], empty data, NaN/inf, negative counts;
     TypeError for integer data or a min/max observer with a histogram method.
@@ -98,7 +98,8 @@ def calibrate(source, method: str = "kl", bits: int = 8, symmetric: bool = False
     True
     """
     r_min, r_max = calibrate_range(source, method, bits, symmetric, signed, pct, bins, merge)
-    return qparams_from_range(r_min, r_max, bits, symmetric, signed, narrow)
+    p = qparams_from_range(r_min, r_max, bits, symmetric, signed, narrow)
+    return p.to(source.device) if isinstance(source, torch.Tensor) else p     # (s, z) follow the data
 
 
 def calibrate_model(acts: dict, method: str = "kl", bits: int = 8, **kw) -> dict:

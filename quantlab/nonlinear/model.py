@@ -109,7 +109,7 @@ def finetune_centroids(model: torch.nn.Module, books: dict, x, y, steps: int = 5
     gradient is a sum over all of a centroid's weights (~25,000 for fc1 at 2 bits), lr is small: 3e-4 recovers
     most of the 2-bit accuracy of the lab's CNN in 50 steps; 1e-3 diverges.
     Returns (fine-tuned model copy, new books, list of losses). ``model`` and ``books`` are not modified.
-    x, y must be on the model's device.
+    x must be on the model's device; y (class labels) may be anywhere and is moved there once.
 
     >>> from quantlab.models import SmallCNN
     >>> model, x, y = SmallCNN(), torch.rand(32, 1, 28, 28), torch.randint(10, (32,))
@@ -121,6 +121,7 @@ def finetune_centroids(model: torch.nn.Module, books: dict, x, y, steps: int = 5
     from .._checks import check_same_device
 
     check_same_device(model, x)
+    y = torch.as_tensor(y).to(x.device)
     g = torch.Generator().manual_seed(int(seed))
     cents = {n: b.centroids.clone() for n, b in books.items()}
 

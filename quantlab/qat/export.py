@@ -20,6 +20,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from .._checks import model_device
 from ..engine import IntModel, quantize_bias
 from ..granularity import PerChannel, PerTensor
 from ..linear import quantize
@@ -81,7 +82,8 @@ def export(model: QATModel) -> IntModel:
     """
     model = _check_exportable(model)
     cfg = model.config
-    cpu = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).to("cpu")
+    on_cpu = model_device(model) == torch.device("cpu")
+    cpu = model if on_cpu else copy.deepcopy(model).to("cpu")
     ranges = ActRanges(cpu.activation_ranges(), "qat", cfg["act_bits"], 0)
     gran = PerChannel(0) if cfg["granularity"] == "per-channel" else PerTensor()
     qmodel = convert(float_model(cpu), ranges, cfg["weight_bits"], cfg["act_bits"], gran)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_bits, check_model, check_same_device
+from .._checks import check_bits, check_model, check_same_device, model_device
 from ..granularity import PerChannel, PerTensor, range_of
 from ..linear import FakeQuantizeSTE
 from ..models import WEIGHT_LAYERS, activation_hooks, find_layers, fold_batchnorm, replace_layers
@@ -236,8 +236,8 @@ def prepare_qat(model: nn.Module, ranges: Ranges | None, weight_bits: int = 8, a
     ``ranges`` (from :func:`initial_ranges` on this model) initialise every node; None leaves them empty
     (only to load a saved state_dict, see :func:`load_qat`).
 
-    Returns a :class:`QATModel` in training mode; ``model`` is not modified.
-    Raises ValueError for weight_bits/act_bits outside 2..8, a layer it cannot prepare (named), ranges
+    Returns a :class:`QATModel` in training mode on ``model``'s device (its nodes too); ``model`` is not
+    modified. Raises ValueError for weight_bits/act_bits outside 2..8, a layer it cannot prepare (named), ranges
     missing a layer, an already prepared model; TypeError if model is not an nn.Module.
 
     >>> qat = prepare_qat(load_trained(), initial_ranges(load_trained(), x), 4, 4)   # doctest: +SKIP
@@ -255,14 +255,15 @@ def prepare_qat(model: nn.Module, ranges: Ranges | None, weight_bits: int = 8, a
             raise ValueError(f"ranges has no entry for {missing}: run initial_ranges on this model first.")
 
     relu_points = {n for n, _ in find_layers(folded, nn.ReLU)}
+    dev = model_device(folded)                          # every new node is made on the model's device
 
     def act_node(point):  # PACT clips to [0, alpha]: only on ReLU outputs; elsewhere the observer
         learn = None if act_learn == "pact" and point not in relu_points else act_learn
-        node = QuantNode("activation", act_bits, PerTensor(), observer, averaging_constant, learn)
+        node = QuantNode("activation", act_bits, PerTensor(), observer, averaging_constant, learn).to(dev)
         return node.init_range(*ranges.activations[point]) if ranges is not None else node
 
     def weight_layer(name, layer):
-        w_node = QuantNode("weight", weight_bits, granularity, learn=weight_learn)
+        w_node = QuantNode("weight", weight_bits, granularity, learn=weight_learn).to(dev)
         if ranges is not None:
             w_node.init_range(*ranges.weights[name])
         return QATLayer(layer, w_node, act_node(name) if name in points else None)
@@ -280,7 +281,7 @@ def prepare_qat(model: nn.Module, ranges: Ranges | None, weight_bits: int = 8, a
                   and m.out_fq is not None})
     for i, (_, layer) in enumerate(find_layers(qat.net, QATLayer)):  # in a chain, layer i reads point i
         layer.input_fq = [nodes[points[i]]]
-    return qat.train()
+    return qat.to(dev).train()
 
 
 def save_qat(model: QATModel, path) -> None:

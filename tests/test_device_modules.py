@@ -1,0 +1,270 @@
+"""The device rule for the modules built after it (correction, QAT, nonlinear, binary, GPTQ, SmoothQuant, the
+transformer code) and for the core tensor functions: each call on the ``device`` fixture (cpu, the simulated
+second device ``cpu:1``, cuda when present) equals the same call on the CPU, and its tensors come back on the
+device of the inputs."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from simdevice import is_on
+from torch import nn
+
+from quantlab import binary as qb
+from quantlab import calibration as qcal
+from quantlab import correction as qc
+from quantlab import gptq as qg
+from quantlab import linear as ql
+from quantlab import metrics as qm
+from quantlab import nonlinear as qn
+from quantlab import packing as qp
+from quantlab import qat as qq
+from quantlab import smoothquant as qs
+from quantlab import transformer_quant as qt
+from quantlab.binary_train import recalibrate_batchnorm
+from quantlab.granularity import (
+    PerChannel,
+    PerGroup,
+    PerTensor,
+    choose_qparams,
+    fake_quantize_tensor,
+    quantize_tensor,
+    range_of,
+)
+from quantlab.models import SmallCNN, fold_batchnorm
+from quantlab.ptq import calibrate_activations
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+    g = torch.Generator().manual_seed(0)
+    return model, torch.rand(48, 1, 28, 28, generator=g), torch.randint(0, 10, (48,), generator=g)
+
+
+def same(out, ref, device, what, atol=1e-4):
+    """out (from the device) equals ref (from the CPU); every tensor of out is on ``device``."""
+    if isinstance(ref, torch.Tensor):
+        assert is_on(out.device, device), f"{what}: on {out.device}, not {device}"
+        assert torch.allclose(out.detach().cpu().double(), ref.detach().double(), atol=atol), what
+    elif isinstance(ref, nn.Module):
+        for (name, a), b in zip(out.state_dict().items(), ref.state_dict().values()):
+            same(a, b, device, f"{what}.{name}", atol)
+    elif isinstance(ref, dict):
+        assert out.keys() == ref.keys(), what
+        for k in ref:
+            same(out[k], ref[k], device, f"{what}[{k}]", atol)
+    elif isinstance(ref, (tuple, list)):
+        for i, (a, b) in enumerate(zip(out, ref)):
+            same(a, b, device, f"{what}[{i}]", atol)
+    elif isinstance(ref, np.ndarray):                   # a CPU-only step (NumPy) returns NumPy on any device
+        np.testing.assert_allclose(out, ref, atol=atol, err_msg=what)
+    elif isinstance(ref, float):
+        assert out == pytest.approx(ref, abs=atol), what
+    else:
+        assert out == ref, what
+
+
+def both(fn, device, *args):
+    """fn on the CPU arguments, then on copies moved to ``device``: (result on device, result on CPU)."""
+    move = lambda a: a.to(device) if isinstance(a, torch.Tensor) else copy.deepcopy(a).to(device)   # noqa: E731
+    torch.manual_seed(0)
+    ref = fn(*args)
+    torch.manual_seed(0)
+    return fn(*(move(a) if isinstance(a, (torch.Tensor, nn.Module)) else a for a in args)), ref
+
+
+# ------------------------------------------------------------------------------------------- correction
+
+CORRECTION = {
+    "weight_quantizer+text rule": lambda m, x, y: qc.weight_quantizer(4, rule="text")(m),
+    "empirical_bias_correction": lambda m, x, y: qc.empirical_bias_correction(m, qc.weight_quantizer(4), x),
+    "data_free_bias_correction": lambda m, x, y: qc.data_free_bias_correction(m, qc.weight_quantizer(4)),
+    "channel_means": lambda m, x, y: qc.channel_means(qc.weight_quantizer(4)(m), x, ["conv1", "fc1"]),
+    "evaluate_quantized(int)": lambda m, x, y: qc.evaluate_quantized(
+        qc.int_quantizer(calibrate_activations(m, x))(m), x, y),     # labels stay on the CPU
+}
+
+
+@pytest.mark.parametrize("call", CORRECTION.values(), ids=CORRECTION.keys())
+def test_correction(cnn, device, call):
+    model, x, y = cnn
+    out, ref = both(call, device, model, x, y.clone())
+    same(out, ref, device, "correction")
+
+
+def test_weight_correction_tensors(device):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 3, 3, 3, generator=g)
+    w_hat = w + 0.05 * torch.randn(w.shape, generator=g)
+    out, ref = both(lambda a, b: qc.weight_correction(a, b, "text"), device, w, w_hat)
+    same(out, ref, device, "weight_correction")
+
+
+# ----------------------------------------------------------------------------------------------- QAT
+
+
+def _qat(model, x, y, steps):
+    qat = qq.prepare_qat(model, qq.initial_ranges(model, x), 4, 4)
+    if steps:
+        qq.qat_train(qat, (x, y), steps=steps, batch_size=16, eval_every=steps, progress=False)
+    return qat
+
+
+def test_qat_prepare_train_export(cnn, device):
+    model, x, y = cnn
+    (qat, logits), (qat_ref, logits_ref) = both(lambda m, xx: (q := _qat(m, xx, y, 0), q(xx)), device, model, x)
+    assert all(is_on(t.device, device) for t in list(qat.parameters()) + list(qat.buffers()))
+    same(logits, logits_ref, device, "prepared forward")
+    trained, trained_ref = both(lambda m, xx: _qat(m, xx, y, 3), device, model, x)  # labels on the CPU
+    same(trained, trained_ref, device, "after 3 steps", atol=1e-3)
+    exported, exported_ref = qq.export(trained), qq.export(trained_ref)   # the integer model lives on the CPU
+    for a, b in zip(exported.layers, exported_ref.layers):
+        if hasattr(a, "q_w"):
+            assert is_on(a.q_w.device, "cpu") and int((a.q_w.int() - b.q_w.int()).abs().max()) <= 1
+
+
+# ------------------------------------------------------------------------------------------ nonlinear
+
+
+@pytest.mark.parametrize("method", ["log", "kmeans", "nf"])
+def test_nonlinear_model_weights(cnn, device, method):
+    model = cnn[0]
+    out, ref = both(lambda m: qn.quantize_model_weights(m, method, 3 if method == "kmeans" else 4), device, model)
+    same(out, ref, device, method)
+
+
+def test_finetune_centroids_with_labels_on_the_cpu(cnn, device):
+    model, x, y = cnn
+    out, ref = both(lambda m, xx: qn.finetune_centroids(m, qn.kmeans_books(m, 3), xx, y, steps=2, batch_size=16),
+                    device, model, x)
+    same(out[0], ref[0], device, "finetuned model")
+    same(out[2], ref[2], device, "losses")
+
+
+@pytest.mark.parametrize("call", [lambda w: qn.fake_pow2(w, 4), lambda w: qn.fake_nf(w, 4),
+                                  lambda w: qn.kmeans_codebook(w, 3).dequantize(), lambda w: qn.pow2_quantize(w, 4)],
+                         ids=["fake_pow2", "fake_nf", "kmeans_codebook", "pow2_quantize"])
+def test_nonlinear_tensors(device, call):
+    w = torch.randn(16, 64, generator=torch.Generator().manual_seed(0))
+    out, ref = both(call, device, w)
+    same(out, ref, device, "nonlinear")
+
+
+# --------------------------------------------------------------------------------------------- binary
+
+
+def test_binary_models(cnn, device):
+    model, x, _ = cnn
+    out, ref = both(lambda m, xx: qb.binarize_model(m, activations=True)(xx), device, model, x)
+    same(out, ref, device, "binarize_model")
+    out, ref = both(lambda m, xx: qb.pack_model(fold_batchnorm(qb.binarize_model(m, activations=True)))(xx),
+                    device, model, x)                  # the packed kernel runs on the CPU and returns here
+    same(out, ref, device, "pack_model")
+    out, ref = both(lambda m, xx: recalibrate_batchnorm(qb.binarize_model(m), xx), device, model, x)
+    same(out, ref, device, "recalibrate_batchnorm")
+
+
+def test_binary_tensors(device):
+    g = torch.Generator().manual_seed(0)
+    a = torch.where(torch.rand(8, 100, generator=g) < 0.5, -1.0, 1.0)
+    w = torch.where(torch.rand(6, 100, generator=g) < 0.5, -1.0, 1.0)
+    same(*both(qb.binary_matmul, device, a, w), device, "binary_matmul")
+    same(*both(qb.binarize_weights, device, torch.randn(6, 100, generator=g)), device, "binarize_weights")
+    x = torch.where(torch.rand(2, 3, 8, 8, generator=g) < 0.5, -1.0, 1.0)
+    k = torch.where(torch.rand(4, 3, 3, 3, generator=g) < 0.5, -1.0, 1.0)
+    same(*both(lambda xx, kk: qb.binary_conv2d(xx, kk, padding=1), device, x, k), device, "binary_conv2d")
+
+
+# ------------------------------------------------------------------------------- GPTQ and SmoothQuant
+
+
+@pytest.mark.parametrize("call", [lambda w, x: qg.gptq_quantize(w, x, 4, 32), lambda w, x: qg.rtn_quantize(w, 4, 32),
+                                  lambda w, x: qg.layer_error(w, qg.rtn_quantize(w, 4, 32), x),
+                                  lambda w, x: qs.w8a8_linear_output(x, w, 0.5),
+                                  lambda w, x: qs.smooth_scales(x.abs().amax(0), w.abs().amax(0))],
+                         ids=["gptq", "rtn", "layer_error", "w8a8_linear_output", "smooth_scales"])
+def test_gptq_and_smoothquant_tensors(device, call):
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(16, 64, generator=g), torch.randn(128, 64, generator=g)
+    out, ref = both(call, device, w, x)
+    same(out, ref, device, "tensors", atol=1e-3)
+
+
+def test_transformer_calls(device):
+    pytest.importorskip("transformers")
+    from test_transformer_quant import tiny_llama
+
+    class Tok:
+        def __call__(self, text, return_tensors="pt"):
+            return {"input_ids": torch.tensor([[ord(c) % 64 for c in text]])}
+
+    def run(m, ids):
+        stats = qt.input_absmax(m, lambda mm: mm(ids))
+        smooth = qs.smoothquant(m, stats, 0.5)
+        return {"weights": qt.quantize_linear_weights(m, 4, PerGroup(8))(ids).logits, "absmax": stats,
+                "smooth": smooth(ids).logits, "w8a8": qs.w8a8(smooth)(ids).logits,
+                "ppl": qt.perplexity(m, Tok(), "hello quantization")}        # the tokenizer's ids: on the CPU
+
+    out, ref = both(run, device, tiny_llama(), torch.arange(24)[None] % 64)
+    same(out, ref, device, "transformer", atol=1e-4)
+
+
+def test_embed(device):
+    pytest.importorskip("transformers")
+    from transformers import BatchEncoding, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32)).eval()
+
+    def tok(sentences, padding=True, truncation=True, return_tensors="pt", **kw):
+        ids = [[1 + (ord(c) % 48) for c in s] for s in sentences]
+        n = max(map(len, ids))
+        return BatchEncoding({"input_ids": torch.tensor([i + [0] * (n - len(i)) for i in ids]),
+                              "attention_mask": torch.tensor([[1] * len(i) + [0] * (n - len(i)) for i in ids])})
+
+    out, ref = both(lambda m: qt.embed(m, tok, ["a cat", "a much longer dog"]), device, bert)
+    same(out, ref, device, "embed")
+
+
+def test_per_channel_granularity_on_device(device):
+    w = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
+    out, ref = both(lambda t: qt.fake_quantize_weight(t, 4, PerChannel(0)), device, w)
+    same(out, ref, device, "fake_quantize_weight")
+
+
+# ------------------------------------------------------------ core tensor functions (the text's formulas)
+
+CORE = {
+    "quantize": lambda r: ql.quantize(r, 0.05, 3, -128, 127),
+    "fake_quantize per-channel s": lambda r: ql.fake_quantize(r, r.abs().amax(1, keepdim=True) / 127, 0, -127, 127),
+    "dequantize": lambda r: ql.dequantize(ql.quantize(r, 0.05, 3, -128, 127), 0.05, 3),
+    "scale_zero_point": lambda r: ql.scale_zero_point(r.min(), r.max(), -128, 127),
+    "range_of per-channel": lambda r: range_of(r, PerChannel(0)),
+    "choose_qparams": lambda r: tuple(choose_qparams(r, 4, PerChannel(0))),
+    "quantize_tensor per-group": lambda r: quantize_tensor(r, 4, PerGroup(16))[0],
+    "fake_quantize_tensor": lambda r: fake_quantize_tensor(r, 3, PerTensor(), symmetric=True),
+    "mse / sqnr_db": lambda r: (qm.mse(r, r.round()), qm.sqnr_db(r, r.round())),
+    "per_channel_sqnr": lambda r: qm.per_channel_sqnr(r, r.round()),
+    "pack/unpack_bits": lambda r: qp.unpack_bits(qp.pack_bits(ql.quantize(r, 0.2, 0, -8, 7), 4, -8), 4, -8, r.numel()),
+    "histogram (NumPy arrays)": lambda r: qcal.histogram(r, 64),
+    "calibrate kl": lambda r: tuple(qcal.calibrate(r, "kl", 8)),
+}
+
+
+@pytest.mark.parametrize("call", CORE.values(), ids=CORE.keys())
+def test_core_tensor_functions(device, call):
+    r = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+    out, ref = both(call, device, r)
+    if isinstance(ref, torch.Tensor) and not ref.is_floating_point():
+        assert torch.equal(out.cpu(), ref)                                       # integers exactly
+    same(out, ref, device, "core")
