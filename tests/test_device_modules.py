@@ -16,11 +16,14 @@ from torch import nn
 from quantlab import binary as qb
 from quantlab import calibration as qcal
 from quantlab import correction as qc
+from quantlab import engine as qe
 from quantlab import gptq as qg
 from quantlab import linear as ql
 from quantlab import metrics as qm
+from quantlab import models as qmod
 from quantlab import nonlinear as qn
 from quantlab import packing as qp
+from quantlab import ptq as qptq
 from quantlab import qat as qq
 from quantlab import smoothquant as qs
 from quantlab import transformer_quant as qt
@@ -268,3 +271,85 @@ def test_core_tensor_functions(device, call):
     if isinstance(ref, torch.Tensor) and not ref.is_floating_point():
         assert torch.equal(out.cpu(), ref)                                       # integers exactly
     same(out, ref, device, "core")
+
+
+# ---------------------------------------------- the remaining public tensor and model functions, in one sweep
+
+_g = torch.Generator().manual_seed(3)
+_W = torch.randn(6, 4, 3, 3, generator=_g)
+_A = torch.randn(8, 6, 5, 5, generator=_g)
+_X = torch.randn(32, 12, generator=_g)
+_QX = torch.randint(0, 256, (2, 4, 6, 6), generator=_g)
+_QW = torch.randint(-127, 128, (6, 4, 3, 3), generator=_g)
+_QI = torch.randint(0, 256, (32, 12), generator=_g)
+SWEEP = {
+    "requantize": (lambda acc: qe.requantize(acc, *qe.requant_multiplier(0.01), 3, -128, 127),
+                   torch.randint(-20000, 20000, (4, 5), generator=_g)),
+    "quantize_bias": (lambda b: qe.quantize_bias(b, torch.full((6,), 0.01), 0.02), torch.randn(6, generator=_g)),
+    "int_conv2d": (lambda qx, qw: qe.int_conv2d(qx, 5, qw, 0, padding=1), _QX, _QW),
+    "int_linear": (lambda qx, qw: qe.int_linear(qx, 3, qw, 0), _QX.flatten(1)[:, :20], _QW.flatten(1)[:, :20]),
+    "channel_mean": (qc.channel_mean, _A),
+    "bias_correction_term": (lambda a: qc.bias_correction_term(a, a.round()), _A),
+    "correction_factors": (lambda w: qc.correction_factors(w, w.round()), _W),
+    "scale_shift": (lambda w: qc.scale_shift(w, w * 0.9 + 0.01), _W),
+    "clipped_gaussian_mean": (lambda mu: qc.clipped_gaussian_mean(mu, mu.abs() + 0.5), _X[0]),
+    "zero_point_output": (lambda w, x: qc.zero_point_output(nn.Conv2d(4, 6, 3).to(x.device), x,
+                                                            ql.quantize(w, 0.05, 2, -128, 127).float(),
+                                                            0.05, 2), _W, _A[:, :4]),
+    "fake_quant (QAT node)": (lambda r: qq.fake_quant(r, choose_qparams(r, 4, PerChannel(0))), _W),
+    "pow2_scale / pow2_dequantize": (lambda r: qn.pow2_dequantize(*qn.pow2_quantize(r, 4)[:2], 4), _X),
+    "nearest_index": (lambda r: qn.nearest_index(r, torch.linspace(-2, 2, 8).to(r.device)), _X),
+    "kmeans_init + lloyd_step": (lambda r: qn.lloyd_step(r, qn.kmeans_init(r, 4)), _X),
+    "nf_dequantize": (lambda r: qn.nf_dequantize(*qn.nf_quantize(r, 4)[:2], 4), _X),
+    "quantize_weight": (lambda r: qn.quantize_weight(r, "kmeans", 3)[0], _X),
+    "linear_int_dot": (lambda x: qn.linear_int_dot(torch.arange(12).to(x.device) % 7, 3, x), _QI),
+    "codebook_dot": (lambda x: qn.codebook_dot(torch.arange(12).to(x.device) % 4,
+                                               torch.linspace(-1, 1, 4).to(x.device), x), _QI),
+    "shift_add_dot": (lambda r, x: qn.shift_add_dot(qn.pow2_quantize(r[0], 4)[0], x, 4), _X, _QI),
+    "binarize / sign_ste / binary_weight_scale": (lambda w: (qb.binarize(w), qb.sign_ste(w),
+                                                             qb.binary_weight_scale(w)), _W),
+    "pack_signs (NumPy)": (lambda w: qp.pack_signs(qb.binarize(w.flatten(1))), _W),
+    "hessian": (qg.hessian, _X),
+    "embedding_agreement": (lambda e: qt.embedding_agreement(e, e + 0.01), _X),
+}
+
+
+@pytest.mark.parametrize("call_args", SWEEP.values(), ids=SWEEP.keys())
+def test_public_functions_sweep(device, call_args):
+    call, *args = call_args
+    out, ref = both(call, device, *args)
+    same(out, ref, device, "sweep")
+
+
+SWEEP_MODELS = {
+    "with_outlier_channel": lambda m, x: qmod.with_outlier_channel(m, "conv1", 0, 8.0),
+    "prefix_minmax_ranges": lambda m, x: {str(k): v for k, v in qptq.prefix_minmax_ranges(m, x, [8, 16]).items()},
+    "model_size_bytes / state_size_bytes": lambda m, x: (qm.model_size_bytes(m, 4), qptq.state_size_bytes(m)),
+    "expected_layer_inputs": lambda m, x: qc.expected_layer_inputs(m),
+    "effective_weights": lambda m, x: qc.effective_weights(qc.weight_quantizer(4)(m)),
+    "apply_bias_terms": lambda m, x: qc.apply_bias_terms(m, {"fc2": torch.ones(10)}),
+    "float_model / export_layer_weights": lambda m, x: (lambda q: (qq.float_model(q),
+                                                                   qq.export_layer_weights(q.net.conv1)))(
+        qq.prepare_qat(m, qq.initial_ranges(m, x), 4, 4)),
+    "packed_size_bytes": lambda m, x: qb.packed_size_bytes(
+        qb.pack_model(fold_batchnorm(qb.binarize_model(m, activations=True)))),
+}
+
+
+@pytest.mark.parametrize("call", SWEEP_MODELS.values(), ids=SWEEP_MODELS.keys())
+def test_public_model_functions_sweep(cnn, device, call):
+    model, x, _ = cnn
+    out, ref = both(call, device, model, x[:16])
+    same(out, ref, device, "model sweep")
+
+
+def test_save_and_load_qat_onto_the_cpu(cnn, device, tmp_path):
+    model, x, _ = cnn
+    m = copy.deepcopy(model).to(device)
+    qat = qq.prepare_qat(m, qq.initial_ranges(m, x.to(device)), 4, 4)
+    qq.save_qat(qat, tmp_path / "q.pt")
+    loaded = qq.load_qat(tmp_path / "q.pt")                 # saved from any device, loads on the CPU
+    saved = qat.state_dict()
+    assert loaded.state_dict().keys() == saved.keys()
+    for k, v in loaded.state_dict().items():
+        assert is_on(v.device, "cpu") and torch.equal(v, saved[k].cpu()), k

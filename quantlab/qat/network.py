@@ -285,10 +285,12 @@ def prepare_qat(model: nn.Module, ranges: Ranges | None, weight_bits: int = 8, a
 
 
 def save_qat(model: QATModel, path) -> None:
-    """Save a QAT model: ``{"config": ..., "state_dict": ...}`` (plain tensors; loads with weights_only)."""
+    """Save a QAT model: ``{"config": ..., "state_dict": ...}`` (plain CPU tensors, from any device; loads with
+    weights_only)."""
     if not isinstance(model, QATModel):
         raise TypeError(f"model must be a QATModel from prepare_qat; got {type(model).__name__}.")
-    torch.save({"config": model.config, "state_dict": model.state_dict()}, path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"config": model.config, "state_dict": state}, path)
 
 
 def load_qat(path, base: nn.Module | None = None) -> QATModel:
