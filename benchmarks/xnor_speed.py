@@ -4,7 +4,8 @@
 
 For each (M, N, K): A (M, K) and W (N, K) random ±1; times of A @ W^T in float32 with NumPy (BLAS) and torch, and
 with quantlab's packed kernel (numba: popcount instruction, tiled, multi-threaded) on pack_signs(A), pack_signs(W).
-Each of --repeats rounds times all three back to back (a shared machine's load then hits them alike); the best round
+Each of --repeats rounds times all three one after another (a shared machine's load then hits them alike), each after a
+0.2 s pause (the previous thread pool stops spinning) and an untimed warm call; the best round
 of each is reported. Prints the speed-ups,
 whether the packed result equals the float product exactly, the operand memory (float32 vs packed words),
 the packing time (separately: weights are packed once, activations once per layer), and, once, the first-call

@@ -127,17 +127,19 @@ def load_binary(kind: str, path: str | Path | None = None) -> nn.Module:
     return model.eval()
 
 
-def _best_interleaved(fns: dict, repeats: int) -> dict:
+def _best_interleaved(fns: dict, repeats: int, gap: float = 0.2) -> dict:
     """Best time (s) of each callable over ``repeats`` rounds; each round runs them all, one after another.
 
     Interleaving puts every contender under the same machine load (a shared machine's load changes over
     seconds), so their ratio is fairer than timing one after the other; best-of is the least disturbed round.
-    Each timed call follows an untimed one of the same callable, so its thread pool is awake and the previous
-    contender's pool (numba's OpenMP, OpenBLAS, torch) has stopped spinning: no contender pays for another.
+    Before each contender: a pause of ``gap`` seconds, so the previous contender's thread pool has stopped
+    spinning (OpenBLAS's threads spin for a while after a call and would slow torch's), then one untimed call
+    (wakes its own pool), then the timed call.
     """
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
         for name, fn in fns.items():
+            time.sleep(gap)
             fn()
             t0 = time.perf_counter()
             fn()
@@ -148,8 +150,8 @@ def _best_interleaved(fns: dict, repeats: int) -> dict:
 def time_binary_gemm(M: int, N: int, K: int, repeats: int = 5, seed: int = 0, numpy_path: bool = False) -> dict:
     r"""Time A @ W^T for random ±1 matrices A (M, K), W (N, K): float32 NumPy/BLAS, float32 torch, packed kernel.
 
-    Side by side in one call: ``repeats`` rounds, each timing all three back to back (each after an untimed
-    warm call); the best round of each, in seconds. Also: packing time of both operands (``pack_s``), the
+    Side by side in one call: ``repeats`` rounds, each timing all three one after another (each after a 0.2 s
+    pause and an untimed warm call); the best round of each, in seconds. Also: packing time of both operands (``pack_s``), the
     plain-NumPy XNOR path if ``numpy_path``, operand bytes (float32 vs packed), and whether the packed result
     equals the float product exactly. Timings depend on the machine and its load.
 

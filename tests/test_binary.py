@@ -295,12 +295,14 @@ def test_packed_size_is_measured_from_the_words():
 
 
 def test_interleaved_timing_warms_each_callable_and_keeps_its_best_round(monkeypatch):
-    """Each round runs every callable twice (untimed, then timed), in order; the result is each one's best round."""
+    """Each round: per callable a pause, an untimed call, a timed call, in order; the result is each one's best."""
     import quantlab.binary_train as bt
 
     clock, calls = [0.0], []
     durations = {"slow": iter([4, 12, 2, 10, 3, 11]), "fast": iter([1, 2, 1, 3, 1, 1])}
     monkeypatch.setattr(bt.time, "perf_counter", lambda: clock[0])     # a fake clock: each call advances it
+    pauses = []
+    monkeypatch.setattr(bt.time, "sleep", lambda s: (pauses.append(s), calls.append("pause")))
 
     def make(name):
         def fn():
@@ -309,5 +311,5 @@ def test_interleaved_timing_warms_each_callable_and_keeps_its_best_round(monkeyp
         return fn
 
     best = bt._best_interleaved({"slow": make("slow"), "fast": make("fast")}, repeats=3)
-    assert calls == ["slow", "slow", "fast", "fast"] * 3
-    assert best == {"slow": 10, "fast": 1}          # timed calls: slow 12, 10, 11; fast 2, 3, 1
+    assert calls == ["pause", "slow", "slow", "pause", "fast", "fast"] * 3
+    assert pauses == [0.2] * 6 and best == {"slow": 10, "fast": 1}      # timed calls: slow 12, 10, 11; fast 2, 3, 1

@@ -59,13 +59,16 @@ def same(out, ref, device, what, atol=1e-4):
         assert is_on(out.device, device), f"{what}: on {out.device}, not {device}"
         assert torch.allclose(out.detach().cpu().double(), ref.detach().double(), atol=atol), what
     elif isinstance(ref, nn.Module):
-        for (name, a), b in zip(out.state_dict().items(), ref.state_dict().values()):
-            same(a, b, device, f"{what}.{name}", atol)
+        sd_out, sd_ref = out.state_dict(), ref.state_dict()
+        assert sd_out.keys() == sd_ref.keys(), what
+        for name in sd_ref:
+            same(sd_out[name], sd_ref[name], device, f"{what}.{name}", atol)
     elif isinstance(ref, dict):
         assert out.keys() == ref.keys(), what
         for k in ref:
             same(out[k], ref[k], device, f"{what}[{k}]", atol)
     elif isinstance(ref, (tuple, list)):
+        assert len(out) == len(ref), what
         for i, (a, b) in enumerate(zip(out, ref)):
             same(a, b, device, f"{what}[{i}]", atol)
     elif isinstance(ref, np.ndarray):                   # a CPU-only step (NumPy) returns NumPy on any device
@@ -94,6 +97,8 @@ CORRECTION = {
     "channel_means": lambda m, x, y: qc.channel_means(qc.weight_quantizer(4)(m), x, ["conv1", "fc1"]),
     "evaluate_quantized(int)": lambda m, x, y: qc.evaluate_quantized(
         qc.int_quantizer(calibrate_activations(m, x))(m), x, y),     # labels stay on the CPU
+    "int_quantizer with weight correction": lambda m, x, y: qc.evaluate_quantized(
+        qc.int_quantizer(calibrate_activations(m, x), 4, rule="text")(m), x, y),
 }
 
 
@@ -150,6 +155,9 @@ def test_finetune_centroids_with_labels_on_the_cpu(cnn, device):
     out, ref = both(lambda m, xx: qn.finetune_centroids(m, qn.kmeans_books(m, 3), xx, y, steps=2, batch_size=16),
                     device, model, x)
     same(out[0], ref[0], device, "finetuned model")
+    assert out[1].keys() == ref[1].keys()
+    for name, book in ref[1].items():
+        same((out[1][name].codes, out[1][name].centroids), (book.codes, book.centroids), device, f"books[{name}]")
     same(out[2], ref[2], device, "losses")
 
 
@@ -305,11 +313,15 @@ SWEEP = {
     "linear_int_dot": (lambda x: qn.linear_int_dot(torch.arange(12).to(x.device) % 7, 3, x), _QI),
     "codebook_dot": (lambda x: qn.codebook_dot(torch.arange(12).to(x.device) % 4,
                                                torch.linspace(-1, 1, 4).to(x.device), x), _QI),
+    "codebook_dot, centroids a list": (lambda x: qn.codebook_dot(torch.arange(12).to(x.device) % 4,
+                                                                 [-1.0, -0.2, 0.3, 1.0], x), _QI),
     "shift_add_dot": (lambda r, x: qn.shift_add_dot(qn.pow2_quantize(r[0], 4)[0], x, 4), _X, _QI),
     "binarize / sign_ste / binary_weight_scale": (lambda w: (qb.binarize(w), qb.sign_ste(w),
                                                              qb.binary_weight_scale(w)), _W),
     "pack_signs (NumPy)": (lambda w: qp.pack_signs(qb.binarize(w.flatten(1))), _W),
     "hessian": (qg.hessian, _X),
+    "expected_layer_inputs, BatchNorm without affine": (qc.expected_layer_inputs, nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3, affine=False), nn.ReLU(), nn.Conv2d(3, 2, 3)).eval()),
     "embedding_agreement": (lambda e: qt.embedding_agreement(e, e + 0.01), _X),
 }
 
@@ -353,3 +365,6 @@ def test_save_and_load_qat_onto_the_cpu(cnn, device, tmp_path):
     assert loaded.state_dict().keys() == saved.keys()
     for k, v in loaded.state_dict().items():
         assert is_on(v.device, "cpu") and torch.equal(v, saved[k].cpu()), k
+    onto = qq.load_qat(tmp_path / "q.pt", base=copy.deepcopy(model).to(device))   # onto a model on the device
+    assert all(is_on(t.device, device) for t in list(onto.parameters()) + list(onto.buffers()))
+    same(onto.eval()(x[:8].to(device)), loaded(x[:8]), device, "load_qat(base on the device)")

@@ -53,3 +53,22 @@ def test_factories_and_models_follow_the_device():
 def test_is_on():
     assert is_on(torch.device("cuda", 0), "cuda") and is_on(torch.device("cpu"), "cpu")
     assert not is_on(SIM, "cpu") and is_on(SIM, SIM) and not is_on(torch.device("cuda", 1), "cuda")
+
+
+def test_indexing_generators_and_in_place_resizes_follow_cuda():
+    with simulated_device():
+        d = torch.arange(5.0).to(SIM)
+        with pytest.raises(RuntimeError, match="indices should be either on cpu or on the same device"):
+            torch.arange(5.0)[torch.tensor([0, 1]).to(SIM)]          # device indices into a CPU tensor
+        d[torch.tensor([0, 1])] = torch.tensor(7.0)                  # CPU indices, 0-dim CPU value: allowed
+        assert d.cpu().tolist() == [7.0, 7.0, 2.0, 3.0, 4.0]
+        with pytest.raises(RuntimeError, match="same device"):
+            d[torch.tensor([0, 1])] = torch.ones(2)                  # a CPU value tensor: refused
+        g = torch.Generator().manual_seed(0)
+        with pytest.raises(RuntimeError, match="generator"):
+            torch.randint(5, (3,), generator=g, device=SIM)
+        with pytest.raises(RuntimeError, match="generator"):
+            torch.multinomial(d, 1, generator=g)
+        assert d.new_tensor([1.0, 2.0]).device == SIM
+        with pytest.raises(NotImplementedError, match="in place"):
+            d.unsqueeze_(0)

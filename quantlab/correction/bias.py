@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from .._checks import as_float_tensor, check_axis, check_model, check_same_device
+from .._checks import as_float_tensor, check_axis, check_model, check_same_device, model_device
 from ..models import WEIGHT_LAYERS, find_layers, fold_batchnorm, replace_layers
 from .quantizers import channel_means, effective_weights
 from .weights import _pair
@@ -183,10 +183,11 @@ def expected_layer_inputs(model: nn.Module) -> dict:
     {'3': tensor([0.3989, 0.3989])}
     """
     state, out = None, {}
+    dev = model_device(model)
     for name, m in find_layers(model, (nn.BatchNorm2d, nn.ReLU) + WEIGHT_LAYERS):
         if isinstance(m, nn.BatchNorm2d):
-            g = m.weight.detach() if m.affine else torch.ones(m.num_features)
-            b = m.bias.detach() if m.affine else torch.zeros(m.num_features)
+            g = m.weight.detach() if m.affine else torch.ones(m.num_features, device=dev)
+            b = m.bias.detach() if m.affine else torch.zeros(m.num_features, device=dev)
             state = ("gauss", b.double(), g.double().abs())
         elif isinstance(m, nn.ReLU):
             state = None if state is None else ("mean", clipped_gaussian_mean(state[1], state[2]))

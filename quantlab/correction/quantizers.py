@@ -119,12 +119,12 @@ def _fold_correction(qm, fp: dict, rule: str):
         m = fp[layer.name]
         shape = (-1,) + (1,) * (layer.q_w.ndim - 1)
         w_hat = layer.s_w.double().view(shape) * (layer.q_w.double() - layer.z_w.double().view(shape))
-        zeta, v = scale_shift(m.weight.detach().double(), w_hat, rule)
+        zeta, v = scale_shift(m.weight.detach().cpu().double(), w_hat, rule)     # the IntModel lives on the CPU
         s_new, z_new = fold_weight_correction(layer.s_w.double().view(shape), layer.z_w.view(shape), zeta, v)
         s_new = s_new.reshape(-1).float()
         if float(s_new.double().max()) * layer.s_x / layer.s_y >= 1.0:
             return layer, float(s_new.double().max())
-        bias = m.bias.detach() if m.bias is not None else torch.zeros(len(layer.s_w))
+        bias = m.bias.detach().cpu() if m.bias is not None else torch.zeros(len(layer.s_w))
         try:
             qm.layers[i] = dataclasses.replace(layer, s_w=s_new, z_w=torch.round(z_new).reshape(-1).long(),
                                                q_b=quantize_bias(bias, s_new, layer.s_x))

@@ -47,7 +47,7 @@ def codebook_dot(codes, centroids, x):
     (tensor(2., dtype=torch.float64), 3)
     """
     ct = _int(codes, "codes")
-    w = torch.as_tensor(centroids).double()[ct]  # the lookup: one per weight
+    w = torch.as_tensor(centroids).to(ct.device).double()[ct]  # the lookup: one per weight (on the codes' device)
     return (w * _int(x, "x").double()).sum(-1), ct.numel()
 
 

@@ -294,7 +294,8 @@ def save_qat(model: QATModel, path) -> None:
 
 
 def load_qat(path, base: nn.Module | None = None) -> QATModel:
-    """Load a saved QAT model onto ``base``'s architecture (default: the lab's SmallCNN), in eval mode.
+    """Load a saved QAT model onto ``base``'s architecture (default: the lab's SmallCNN), in eval mode, on
+    ``base``'s device.
 
     >>> qat = load_qat(data_dir() / "qat_w4a4.pt")                            # doctest: +SKIP
     """
@@ -304,12 +305,12 @@ def load_qat(path, base: nn.Module | None = None) -> QATModel:
     cfg = dict(saved["config"])
     gran = PerChannel(0) if cfg.pop("granularity") == "per-channel" else PerTensor()
     model = prepare_qat(base if base is not None else SmallCNN(), None, granularity=gran, **cfg)
-    sd = saved["state_dict"]
+    sd, dev = saved["state_dict"], model_device(model)           # base's device (the CPU by default)
     for name, node in model.nodes():
         for key in ("r_min", "r_max"):
-            setattr(node, key, torch.empty_like(sd[f"{name}.{key}"]))
+            setattr(node, key, torch.empty_like(sd[f"{name}.{key}"], device=dev))
         for key in ("s", "alpha"):
             if getattr(node, key) is not None:
-                setattr(node, key, nn.Parameter(torch.empty_like(sd[f"{name}.{key}"])))
+                setattr(node, key, nn.Parameter(torch.empty_like(sd[f"{name}.{key}"], device=dev)))
     model.load_state_dict(sd)
     return model.eval()
