@@ -112,8 +112,9 @@ def expected_explorers(path: Path) -> int:
 
 
 def _check_budget(nb: NotebookDriver, what: str) -> None:
-    # A warning, not a failure: on a loaded 2-core machine the same notebook can take twice as long.
-    if nb.t.total_s > PER_NOTEBOOK_BUDGET_S:
+    # What a learner waits for (not the test's own 5 s idle windows per explorer). A warning, not a failure:
+    # on a loaded 2-core machine the same notebook can take twice as long.
+    if nb.t.learner_s > PER_NOTEBOOK_BUDGET_S:
         msg = f"{what} exceeded the {PER_NOTEBOOK_BUDGET_S:.0f} s browser budget: {nb.t}"
         warnings.warn(msg, stacklevel=2)
 

@@ -202,7 +202,7 @@ def test_data_free_bias_correction_by_hand():
     for c in range(2):
         eps = sum(float(w_hat[c, k, i, j] - w[c, k, i, j]) * e_x[k] for k in range(3) for i in range(3) for j in range(3))
         assert float(terms["3"][c]) == pytest.approx(-eps, abs=1e-6)
-        assert float(fixed[3].bias.detach()[c]) == pytest.approx(float(model[3].bias[c]) - eps, abs=1e-6)
+        assert float(fixed[3].bias.detach()[c]) == pytest.approx(float(model[3].bias.detach()[c]) - eps, abs=1e-6)
 
 
 def test_lab_cnn_full_quantization_bias_is_requantized_and_corrects_the_mean():
