@@ -151,9 +151,9 @@ def time_binary_gemm(M: int, N: int, K: int, repeats: int = 5, seed: int = 0, nu
     r"""Time A @ W^T for random ±1 matrices A (M, K), W (N, K): float32 NumPy/BLAS, float32 torch, packed kernel.
 
     Side by side in one call: ``repeats`` rounds, each timing all three one after another (each after a 0.2 s
-    pause and an untimed warm call); the best round of each, in seconds. Also: packing time of both operands (``pack_s``), the
-    plain-NumPy XNOR path if ``numpy_path``, operand bytes (float32 vs packed), and whether the packed result
-    equals the float product exactly. Timings depend on the machine and its load.
+    pause and an untimed warm call); the best round of each, in seconds. Also: packing time of both operands
+    (``pack_s``), the plain-NumPy XNOR path if ``numpy_path``, operand bytes (float32 vs packed), and whether
+    the packed result equals the float product exactly. Timings depend on the machine and its load.
 
     >>> r = time_binary_gemm(64, 64, 256, repeats=1); r["exact"], r["bytes_float"] // r["bytes_packed"]
     (True, 32)
