@@ -140,6 +140,21 @@ def test_qat_prepare_train_export(cnn, device):
             assert is_on(a.q_w.device, "cpu") and int((a.q_w.int() - b.q_w.int()).abs().max()) <= 1
 
 
+def test_qat_train_moves_a_cpu_model_to_the_requested_device(cnn, device):
+    model, x, y = cnn
+    runs = []
+    for dev in (None, device):                                   # None: train where the model is (the CPU)
+        torch.manual_seed(0)
+        qat = _qat(model, x, y, 0)
+        hist = qq.qat_train(qat, (x, y), steps=3, batch_size=16, eval_data=(x, y), eval_every=3, device=dev,
+                            progress=False)
+        runs.append((qat, hist.records[-1]))
+    (ref, rec_ref), (qat, rec) = runs
+    assert all(is_on(p.device, device) for p in qat.parameters())
+    same(qat, ref, device, "qat_train(device=...)", atol=1e-3)
+    assert rec["loss"] == pytest.approx(rec_ref["loss"], abs=1e-4) and rec["test_acc"] == rec_ref["test_acc"]
+
+
 # ------------------------------------------------------------------------------------------ nonlinear
 
 
@@ -331,6 +346,13 @@ def test_public_functions_sweep(device, call_args):
     call, *args = call_args
     out, ref = both(call, device, *args)
     same(out, ref, device, "sweep")
+
+
+def test_fit_trains_on_the_cpu_and_returns_on_the_data_device(device):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(48, 1, 28, 28, generator=g), torch.randint(0, 10, (48,), generator=g)
+    out, ref = both(lambda xx, yy: qmod.fit(SmallCNN, xx, yy, epochs=1, lr=1e-3, progress=False), device, x, y)
+    same(out, ref, device, "fit", atol=0)                  # bit for bit: the same CPU training either way
 
 
 SWEEP_MODELS = {

@@ -134,6 +134,8 @@ def fit(make_model, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float,
     loss. ``after_step(model)`` runs after every optimiser step (e.g. clipping latent weights), ``finish(model)``
     once at the end, both still under ``torch.use_deterministic_algorithms(True)`` and ``threads`` threads
     (restored afterwards). Returns the model in eval mode. Shapes: x (N, 1, 28, 28) float, y (N,) int64.
+    CPU-only by design, so a checkpoint is the same bit for bit on any machine: x, y on another device are
+    copied to the CPU once, and the trained model is returned on x's device.
 
     >>> m = fit(SmallCNN, *load_mnist("train", n=64), epochs=1, lr=1e-3, progress=False)
     >>> m.training
@@ -141,6 +143,8 @@ def fit(make_model, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float,
     """
     from tqdm.auto import tqdm
 
+    device = x.device
+    x, y = x.cpu(), y.cpu()
     was_det, was_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
     if threads is not None:
@@ -175,7 +179,7 @@ def fit(make_model, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float,
     finally:
         torch.use_deterministic_algorithms(was_det)
         torch.set_num_threads(was_threads)
-    return model.eval()
+    return model.eval().to(device)
 
 
 @torch.no_grad()
