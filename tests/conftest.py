@@ -25,6 +25,23 @@ def single_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module")
+def random_cnn():
+    """A seeded, untrained SmallCNN in eval mode with non-trivial BatchNorm statistics (so folding matters);
+    one per test module."""
+    from quantlab.models import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.1, 0.1)
+    return model
+
+
 @pytest.fixture(autouse=True)
 def _close_figures():
     """Close the figures a test made (explorers are built per test), so pyplot does not pile up hundreds."""

@@ -25,18 +25,6 @@ from quantlab.ptq import calibrate_activations, convert, quantize_weights
 
 
 @pytest.fixture(scope="module")
-def cpu_model():
-    torch.manual_seed(0)
-    model = SmallCNN().eval()
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding matters
-        for bn in (model.bn1, model.bn2):
-            bn.running_mean.uniform_(-0.2, 0.2)
-            bn.running_var.uniform_(0.5, 2.0)
-            bn.weight.uniform_(0.5, 1.5)
-    return model
-
-
-@pytest.fixture(scope="module")
 def data():
     g = torch.Generator().manual_seed(0)
     return torch.rand(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)
@@ -50,21 +38,21 @@ def _all_on(module: nn.Module, device) -> bool:
     return all(is_on(t.device, device) for t in list(module.parameters()) + list(module.buffers()))
 
 
-def test_fold_batchnorm(cpu_model, data, device):
+def test_fold_batchnorm(random_cnn, data, device):
     x = data[0]
-    folded = fold_batchnorm(_on(cpu_model, device))
+    folded = fold_batchnorm(_on(random_cnn, device))
     assert _all_on(folded, device)
     with torch.no_grad():
         out = folded(x.to(device))
         assert is_on(out.device, device)
-        assert torch.allclose(out.cpu(), fold_batchnorm(cpu_model)(x), atol=1e-4)
+        assert torch.allclose(out.cpu(), fold_batchnorm(random_cnn)(x), atol=1e-4)
 
 
 @pytest.mark.parametrize("bits, granularity", [(8, PerChannel(0)), (4, PerTensor()), (2, PerChannel(0))])
-def test_quantize_weights_then_evaluate(cpu_model, data, device, bits, granularity):
+def test_quantize_weights_then_evaluate(random_cnn, data, device, bits, granularity):
     x, y = data
-    wq = quantize_weights(_on(cpu_model, device), bits, granularity)
-    ref = quantize_weights(cpu_model, bits, granularity)
+    wq = quantize_weights(_on(random_cnn, device), bits, granularity)
+    ref = quantize_weights(random_cnn, bits, granularity)
     assert _all_on(wq, device) and wq.size_bytes() == ref.size_bytes()
     with torch.no_grad():
         assert torch.allclose(wq(x.to(device)).cpu(), ref(x), atol=1e-4)
@@ -72,24 +60,24 @@ def test_quantize_weights_then_evaluate(cpu_model, data, device, bits, granulari
 
 
 @pytest.mark.parametrize("method", ["minmax", "percentile", "mse", "kl", "symmetric_kl", "js"])
-def test_calibrate_activations(cpu_model, data, device, method):
+def test_calibrate_activations(random_cnn, data, device, method):
     x = data[0][:32]
-    acts = calibrate_activations(_on(cpu_model, device), x.to(device), method, batch_size=16)
-    ref = calibrate_activations(cpu_model, x, method, batch_size=16)
+    acts = calibrate_activations(_on(random_cnn, device), x.to(device), method, batch_size=16)
+    ref = calibrate_activations(random_cnn, x, method, batch_size=16)
     assert acts.ranges.keys() == ref.ranges.keys()
     for name, (lo, hi) in ref.ranges.items():
         tol = 3 * (hi - lo) / 2048 + 1e-5  # float summation order may move a value across one histogram bin
         assert acts.ranges[name] == pytest.approx((lo, hi), abs=tol), name
 
 
-def test_convert_then_run_int(cpu_model, data, device):
+def test_convert_then_run_int(random_cnn, data, device):
     x = data[0]
-    acts = calibrate_activations(cpu_model, x)
-    qm_ref = convert(cpu_model, acts)
+    acts = calibrate_activations(random_cnn, x)
+    qm_ref = convert(random_cnn, acts)
     logits_ref = run_int(qm_ref, x)
     logits = run_int(qm_ref, x.to(device))  # the engine runs on the CPU and returns on the input's device
     assert is_on(logits.device, device) and torch.equal(logits.cpu(), logits_ref)
-    qm = convert(_on(cpu_model, device), acts)  # a model on the device converts (the IntModel lives on the CPU)
+    qm = convert(_on(random_cnn, device), acts)  # a model on the device converts (the IntModel lives on the CPU)
     for a, b in zip(qm.layers, qm_ref.layers):
         if hasattr(a, "q_w"):
             assert is_on(a.q_w.device, "cpu")
@@ -99,21 +87,21 @@ def test_convert_then_run_int(cpu_model, data, device):
     assert float((out.argmax(1).cpu() == logits_ref.argmax(1)).float().mean()) >= 0.98
 
 
-def test_evaluate_and_fake_quantize_weights(cpu_model, data, device):
+def test_evaluate_and_fake_quantize_weights(random_cnn, data, device):
     x, y = data
-    m = _on(cpu_model, device)
-    assert evaluate(m, x.to(device), y.to(device)) == evaluate(cpu_model, x, y)
+    m = _on(random_cnn, device)
+    assert evaluate(m, x.to(device), y.to(device)) == evaluate(random_cnn, x, y)
     fq = fake_quantize_weights(m, 4, PerChannel(0))
     assert _all_on(fq, device)
-    ref = fake_quantize_weights(cpu_model, 4, PerChannel(0))
+    ref = fake_quantize_weights(random_cnn, 4, PerChannel(0))
     for (name, a), b in zip(fq.state_dict().items(), ref.state_dict().values()):
         assert torch.allclose(a.cpu().float(), b.float(), atol=1e-6), name
 
 
-def test_collect_activations(cpu_model, data, device):
+def test_collect_activations(random_cnn, data, device):
     x = data[0][:16]
-    acts = collect_activations(_on(cpu_model, device), x.to(device), batch_size=5)
-    ref = collect_activations(cpu_model, x, batch_size=5)
+    acts = collect_activations(_on(random_cnn, device), x.to(device), batch_size=5)
+    ref = collect_activations(random_cnn, x, batch_size=5)
     for name, a in acts.items():
         assert is_on(a.device, device) and torch.allclose(a.cpu(), ref[name], atol=1e-4), name
 
@@ -133,10 +121,10 @@ def test_observers(device, make):
         assert (obs.histogram()[0] == ref.histogram()[0]).all()
 
 
-def test_model_and_data_on_different_devices_name_both(cpu_model, data, device):
+def test_model_and_data_on_different_devices_name_both(random_cnn, data, device):
     if is_on(device, "cpu"):
         pytest.skip("needs a second device")
-    m = _on(cpu_model, device)
+    m = _on(random_cnn, device)
     dev = re.escape(str(next(m.parameters()).device))
     x, y = data
     with pytest.raises(ValueError, match=rf"x is on cpu but model is on {dev}"):
@@ -147,7 +135,7 @@ def test_model_and_data_on_different_devices_name_both(cpu_model, data, device):
         collect_activations(m, x)
     with pytest.raises(TypeError, match=r"x\.float\(\) / 255"):
         evaluate(m, (x * 255).to(torch.uint8).to(device), y)
-    half = _on(cpu_model, "cpu")
+    half = _on(random_cnn, "cpu")
     half.fc2.to(device)
     with pytest.raises(ValueError, match=r"split across devices.*'fc2'"):
         fold_batchnorm(half)

@@ -42,15 +42,9 @@ from quantlab.ptq import calibrate_activations
 
 
 @pytest.fixture(scope="module")
-def cnn():
-    torch.manual_seed(0)
-    model = SmallCNN().eval()
-    with torch.no_grad():
-        for bn in (model.bn1, model.bn2):
-            bn.running_mean.uniform_(-0.2, 0.2)
-            bn.running_var.uniform_(0.5, 2.0)
+def cnn(random_cnn):
     g = torch.Generator().manual_seed(0)
-    return model, torch.rand(48, 1, 28, 28, generator=g), torch.randint(0, 10, (48,), generator=g)
+    return random_cnn, torch.rand(48, 1, 28, 28, generator=g), torch.randint(0, 10, (48,), generator=g)
 
 
 def same(out, ref, device, what, atol=1e-4):

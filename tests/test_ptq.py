@@ -8,7 +8,7 @@ from torch import nn
 
 from quantlab.engine import IntConv2d, IntLinear, run_int
 from quantlab.granularity import PerChannel, PerGroup, PerTensor, fake_quantize_tensor
-from quantlab.models import SmallCNN, evaluate, load_trained
+from quantlab.models import evaluate, load_trained
 from quantlab.packing import pack_bits
 from quantlab.ptq import (
     calibrate_activations,
@@ -16,19 +16,6 @@ from quantlab.ptq import (
     quantize_weights,
     state_size_bytes,
 )
-
-
-@pytest.fixture(scope="module")
-def random_cnn():
-    torch.manual_seed(0)
-    model = SmallCNN().eval()
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding matters
-        for bn in (model.bn1, model.bn2):
-            bn.running_mean.uniform_(-0.2, 0.2)
-            bn.running_var.uniform_(0.5, 2.0)
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.1, 0.1)
-    return model
 
 
 @pytest.fixture(scope="module")
